@@ -18,5 +18,5 @@ class StageContext:
     recipe: Recipe
     out: Path  # write here (temporary until the stage completes)
     inputs: dict[str, Path] = field(default_factory=dict)  # upstream stage name -> its finished folder
-    base_model: Path | None = None  # the resolved base model folder
+    base_model: str | None = None  # the resolved base model: a local folder, or a hub id
     extra: dict = field(default_factory=dict)  # stage-specific arguments (e.g. the train entry)

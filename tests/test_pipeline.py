@@ -1,0 +1,141 @@
+"""The controller's caching and crash semantics, with small stand-in stage functions.
+
+The stages' real implementations have their own tests and the end-to-end smoke test; here each stage
+is replaced by a function that writes a file and records that it ran, so the tests can check exactly
+which stages a (re)run executes.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from workbench import pipeline as pl_mod
+from workbench.pipeline import Pipeline
+from workbench.recipe import parse_recipe
+from workbench.toy_model import save_random_toy_model
+
+CALLS: list[str] = []
+
+
+def fake(kind):
+    def stage(ctx):
+        CALLS.append(kind if kind not in ("eval",) else f"eval/{ctx.extra['model_name']}")
+        for name, folder in ctx.inputs.items():
+            assert (folder / "manifest.json").is_file(), f"{kind} got an unfinished input {name}"
+        if kind == "generate" and ctx.recipe.generate.temperature == 13.0:
+            (ctx.out / "half.parquet").write_text("half written")
+            raise RuntimeError("killed halfway")
+        if kind == "prompts":
+            # a real remote call: proves stages can use the Ray the controller connected to
+            nodes = ray.get(ray.remote(lambda: len(ray.nodes())).remote())
+            (ctx.out / "ray.txt").write_text(str(ray.get_runtime_context().gcs_address))
+            return {"nodes": nodes}
+        (ctx.out / f"{kind}.txt").write_text(kind)
+        return {"rows": 1}
+
+    return stage
+
+
+@pytest.fixture()
+def stages(monkeypatch):
+    for kind in pl_mod.STAGE_FUNCTIONS:
+        monkeypatch.setitem(pl_mod.STAGE_FUNCTIONS, kind, fake(kind))
+    CALLS.clear()
+    yield CALLS
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(save_random_toy_model(tmp_path_factory.mktemp("model")))
+
+
+def recipe(model_dir, tmp_path, *overrides):
+    data = {"run": {"name": "t", "out_dir": str(tmp_path)}, "model": model_dir, "ray": {"num_cpus": 1}}
+    return parse_recipe(data, "test.yaml", list(overrides))
+
+
+def test_rerun_recomputes_nothing(stages, model_dir, tmp_path):
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    assert stages == ["prompts", "generate", "verify", "build", "eval/base", "report"]
+    manifest = (tmp_path / "t" / "generate" / "manifest.json").read_text()
+    assert '"input_hash"' in manifest and '"versions"' in manifest and '"wall_time_s"' in manifest
+    stages.clear()
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    assert stages == []
+
+
+def test_changed_temperature_reruns_generate_and_downstream_only(stages, model_dir, tmp_path):
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    stages.clear()
+    pipe = Pipeline(recipe(model_dir, tmp_path, "generate.temperature=0.7"))
+    assert {s.name: done for s, done in pipe.status()} == {
+        "prompts": True, "generate": False, "verify": False, "build": False, "eval/base": True,
+        "report": False}
+    pipe.run()
+    assert stages == ["generate", "verify", "build", "report"]
+
+
+def test_stage_that_raises_leaves_no_folder_and_next_run_completes(stages, model_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="killed halfway"):
+        Pipeline(recipe(model_dir, tmp_path, "generate.temperature=13.0")).run()
+    run_dir = tmp_path / "t"
+    assert (run_dir / "prompts" / "manifest.json").is_file()
+    assert not (run_dir / "generate").exists()
+    assert not list(run_dir.glob(".tmp-*"))
+    stages.clear()
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    assert stages == ["generate", "verify", "build", "eval/base", "report"]  # prompts was kept
+
+
+def test_killed_run_leftovers_are_cleaned(stages, model_dir, tmp_path):
+    leftover = tmp_path / "t" / ".tmp-generate-deadbeef"
+    leftover.mkdir(parents=True)
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    assert not leftover.exists()
+
+
+def test_upto_runs_only_what_a_stage_needs(stages, model_dir, tmp_path):
+    Pipeline(recipe(model_dir, tmp_path)).run(upto="verify")
+    assert stages == ["prompts", "generate", "verify"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recipe_ray_address_joins_a_separately_started_head(stages, model_dir, tmp_path):
+    port = free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            probe = subprocess.run([str(ray_bin), "status", f"--address={address}"], capture_output=True)
+            if probe.returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("ray head did not start")
+        Pipeline(recipe(model_dir, tmp_path, f"ray.address={address}")).run(upto="prompts")
+        gcs = (tmp_path / "t" / "prompts" / "ray.txt").read_text()
+        assert gcs.endswith(f":{port}"), gcs
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
