@@ -108,16 +108,18 @@ def evaluate(recipe: Optional[str] = RecipeArg, out: Optional[Path] = OutOpt,
              benchmarks: str = typer.Option("toy-id", help="Comma-separated benchmarks (with --model)."),
              k: int = typer.Option(16, help="Samples per problem (with --model)."),
              limit: Optional[int] = typer.Option(None, help="First N problems per benchmark (with --model)."),
-             engine: str = typer.Option("auto", help="auto, vllm or hf (with --model).")):
+             engine: str = typer.Option("auto", help="auto, vllm or hf (with --model)."),
+             max_tokens: Optional[int] = typer.Option(None, help="Most new tokens (with --model; "
+                                                      "default 4096, 128 for toy models).")):
     """Evaluate the base model and every checkpoint of a recipe, or one --model on --benchmarks."""
     if model is None:
         _run(recipe, out, set_, dry_run, "eval")
         return
-    from evaluators.evaluate import evaluate_standalone
+    from evaluators.evaluate import evaluate_standalone, render_summary
 
     summary = evaluate_standalone(model, [b for b in benchmarks.split(",") if b], k,
-                                  out or Path("runs/evaluate"), limit, None, engine)
-    console.print(summary)
+                                  out or Path("runs/evaluate"), limit, None, engine, max_tokens=max_tokens)
+    print(render_summary(summary))
 
 
 @app.command("verify-file")

@@ -101,7 +101,8 @@ def plan(recipe: Recipe) -> list[Stage]:
         stages.append(Stage(f"train/{entry.name}", "train", ["build"],
                             {"model": model, "template": dump["template"], "entry": dump["train"][i],
                              "seed": seed}, extra={"entry_index": i}))
-    eval_cfg = {"template": dump["template"], "evaluate": dump["evaluate"], "seed": seed}
+    eval_cfg = {"template": dump["template"], "evaluate": dump["evaluate"], "verify": dump["verify"],
+                "seed": seed}
     stages.append(Stage("eval/base", "eval", [], {**eval_cfg, "model": model}, extra={"model_name": "base"}))
     for entry in recipe.train:
         stages.append(Stage(f"eval/{entry.name}", "eval", [f"train/{entry.name}"], eval_cfg,

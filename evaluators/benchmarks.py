@@ -1,0 +1,222 @@
+"""The evaluation benchmarks of the paper's Tables 1 and 2 (plus GSM8K and the toy benchmarks).
+
+A `Benchmark` knows where its problems come from (a Hugging Face id, or a local jsonl/parquet with the
+same layout) and how to read the gold answer out of a row. `load()` always returns one frame with
+columns `problem_id`, `problem`, `answer` (the gold answer as text), whatever the source layout was:
+
+    MATH500.load(limit=50)                       # first 50 problems of MATH-500
+    get_benchmark("minerva_math").load("x.jsonl")  # a local copy instead of the hub
+
+Where the data comes from when no path is given, first match wins:
+1. `$WORKBENCH_BENCHMARKS_DIR/<name>.jsonl`;
+2. `<folder holding the checkout>/shared/benchmarks/<name>.jsonl` (the layout CI and this machine use);
+3. the Hugging Face id (`datasets.load_dataset`), downloaded only then.
+
+The objects are registered under the entry-point group `workbench.benchmarks` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file or row that cannot be used, as one line naming the file and row."""
+
+
+# ---------------------------------------------------------------- gold-answer extraction
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced; None if absent."""
+    if not isinstance(text, str):
+        return None
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None  # unbalanced braces
+
+
+def _as_text(value) -> str:
+    """A gold value as text: floats that are whole numbers lose their `.0` (AMC23 stores 27 as 27.0)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def field_gold(field: str) -> Callable[[dict], str]:
+    """Gold answer = the row's `field` (MATH-500, AIME24, AMC23)."""
+    return lambda row: _as_text(row.get(field))
+
+
+def boxed_gold(field: str) -> Callable[[dict], str]:
+    """Gold answer = the last `\\boxed{}` of the row's `field` (Minerva Math's `solution`)."""
+    return lambda row: last_boxed(row.get(field) or "") or ""
+
+
+def after_hashes_gold(field: str) -> Callable[[dict], str]:
+    """Gold answer = the text after `####` in the row's `field` (GSM8K), thousands commas removed."""
+
+    def gold(row: dict) -> str:
+        text = row.get(field) or ""
+        if "####" not in text:
+            return ""
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+
+    return gold
+
+
+def olympiad_gold(field: str = "final_answer") -> Callable[[dict], str]:
+    """Gold answer = OlympiadBench's `final_answer` list joined by ", ", with `$` signs removed.
+
+    A multiple-answer problem can hold several answers in one string (`$69$,$84$`); they become `69,84`.
+    The `unit` field is not appended: graders compare the number, as the Qwen2.5-Math evaluation does.
+    """
+
+    def gold(row: dict) -> str:
+        value = row.get(field)
+        parts = value if isinstance(value, list) else [value]
+        return ", ".join(_as_text(p).replace("$", "").strip() for p in parts if _as_text(p))
+
+    return gold
+
+
+ANSWER_GOLD = field_gold("answer")
+
+# ---------------------------------------------------------------- the benchmark object
+
+
+def shared_benchmarks_dir() -> Path:
+    """`<folder holding the checkout>/shared/benchmarks` (it may not exist)."""
+    import workbench
+
+    return Path(workbench.__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a local .jsonl / .json / .parquet file as dicts."""
+    if not path.exists():
+        raise BenchmarkError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path).to_dicts()
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BenchmarkError(f"{path}: line {lineno}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise BenchmarkError(f"{path}: line {lineno}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluation set: its source and how a row maps onto (problem_id, problem, answer)."""
+
+    name: str
+    hf_id: str | None = None  # Hugging Face dataset id
+    split: str = "test"
+    hf_subset: str | None = None  # dataset configuration name
+    problem_field: str = "problem"
+    id_field: str | None = None  # a stable id column; row number when None or missing
+    gold: Callable[[dict], str] = ANSWER_GOLD
+    toy: bool = False  # problems come from data_gen.toy.toy_benchmark(name)
+
+    def default_path(self) -> Path | None:
+        """The local file used when no path is given (see the module docstring), or None."""
+        env = os.environ.get("WORKBENCH_BENCHMARKS_DIR")
+        candidates = ([Path(env) / f"{self.name}.jsonl"] if env else []) + [
+            shared_benchmarks_dir() / f"{self.name}.jsonl"
+        ]
+        return next((p for p in candidates if p.exists()), None)
+
+    def _source_rows(self, path: str | None, limit: int | None) -> tuple[list[dict], str]:
+        if path is not None:
+            return _read_rows(Path(path)), str(path)
+        if self.toy:
+            from data_gen.toy import toy_benchmark
+
+            n = max(200, limit or 0)
+            return toy_benchmark(self.name, n).to_dicts(), f"toy benchmark {self.name}"
+        local = self.default_path()
+        if local is not None:
+            return _read_rows(local), str(local)
+        if self.hf_id is None:
+            raise BenchmarkError(f"benchmark {self.name}: no local file and no Hugging Face id")
+        import datasets
+
+        data = datasets.load_dataset(self.hf_id, self.hf_subset, split=self.split)
+        return [dict(r) for r in data], f"{self.hf_id}[{self.split}]"
+
+    def load(self, path: str | None = None, limit: int | None = None) -> pl.DataFrame:
+        """Problems as a frame (problem_id, problem, answer); `limit` keeps the first N."""
+        rows, source = self._source_rows(path, limit)
+        if limit is not None:
+            rows = rows[:limit]
+        ids = [r.get(self.id_field) for r in rows] if self.id_field else []
+        if not ids or any(i is None for i in ids) or len({str(i) for i in ids}) != len(ids):
+            ids = list(range(len(rows)))  # no usable id column: the row number is the id
+        out = {"problem_id": [], "problem": [], "answer": []}
+        for i, (row, pid) in enumerate(zip(rows, ids)):
+            # Hub copies of a set do not always use the layout of our files: fall back to the usual names.
+            problem = next((row[f] for f in (self.problem_field, "problem", "question")
+                            if isinstance(row.get(f), str) and row[f].strip()), None)
+            if problem is None:
+                raise BenchmarkError(f"{source}: row {i}: no problem in field {self.problem_field!r}")
+            answer = self.gold(row) or (_as_text(row.get("answer")) if not isinstance(row.get("answer"), list) else "")
+            if not answer:
+                raise BenchmarkError(f"{source}: row {i}: no gold answer ({self.name})")
+            out["problem_id"].append(f"{self.name}/{pid}")
+            out["problem"].append(problem)
+            out["answer"].append(answer)
+        return pl.DataFrame(out, schema={"problem_id": pl.Utf8, "problem": pl.Utf8, "answer": pl.Utf8})
+
+
+MATH500 = Benchmark("math500", "HuggingFaceH4/MATH-500", id_field="unique_id", gold=field_gold("answer"))
+MINERVA_MATH = Benchmark("minerva_math", "math-ai/minervamath", id_field="idx", gold=boxed_gold("solution"))
+OLYMPIADBENCH = Benchmark(
+    "olympiadbench", "Hothan/OlympiadBench", split="train", hf_subset="OE_TO_maths_en_COMP",
+    problem_field="question", id_field="id", gold=olympiad_gold("final_answer"),
+)
+AIME24 = Benchmark("aime24", "math-ai/aime24", id_field="id", gold=field_gold("answer"))
+AMC23 = Benchmark("amc23", "math-ai/amc23", id_field="id", gold=field_gold("answer"))
+GSM8K = Benchmark("gsm8k", "openai/gsm8k", hf_subset="main", problem_field="question", id_field="idx",
+                  gold=after_hashes_gold("answer"))
+TOY_ID = Benchmark("toy-id", toy=True)
+TOY_LONG = Benchmark("toy-long", toy=True)
+TOY_BIG = Benchmark("toy-big", toy=True)
+
+REAL_BENCHMARKS = [MATH500, MINERVA_MATH, OLYMPIADBENCH, AIME24, AMC23, GSM8K]
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """A registered benchmark by name (entry-point group `workbench.benchmarks`)."""
+    from workbench.registry import get_benchmark as _get
+
+    return _get(name)

@@ -1,0 +1,111 @@
+"""Benchmark registry and gold-answer extraction on the real test-set files in ../shared/benchmarks/."""
+
+import json
+
+import polars as pl
+import pytest
+
+from evaluators.benchmarks import (
+    AMC23,
+    GSM8K,
+    MATH500,
+    MINERVA_MATH,
+    OLYMPIADBENCH,
+    REAL_BENCHMARKS,
+    TOY_ID,
+    Benchmark,
+    BenchmarkError,
+    last_boxed,
+    olympiad_gold,
+    shared_benchmarks_dir,
+)
+from workbench.registry import get_benchmark
+
+SHARED = shared_benchmarks_dir()
+needs_files = pytest.mark.skipif(not (SHARED / "math500.jsonl").is_file(),
+                                 reason=f"benchmark files not found in {SHARED}")
+
+
+def test_registry_has_every_benchmark():
+    for name in ["math500", "minerva_math", "olympiadbench", "aime24", "amc23", "gsm8k",
+                 "toy-id", "toy-long", "toy-big"]:
+        bench = get_benchmark(name)
+        assert isinstance(bench, Benchmark) and bench.name == name
+
+
+def test_last_boxed_balances_braces():
+    assert last_boxed(r"a \boxed{1} then \boxed{\frac{1}{2}} end") == r"\frac{1}{2}"
+    assert last_boxed(r"\boxed{ \{1,2\} }") == r"\{1,2\}"
+    assert last_boxed("no box") is None
+    assert last_boxed(r"\boxed{unclosed") is None
+
+
+def test_olympiad_gold_joins_answers_and_strips_dollars():
+    gold = olympiad_gold()
+    assert gold({"final_answer": ["$69$,$84$"]}) == "69,84"
+    assert gold({"final_answer": ["$x=1$", "$x=2$"]}) == "x=1, x=2"
+    assert gold({"final_answer": ["$166$"], "unit": "$cm^2$"}) == "166"
+
+
+@needs_files
+@pytest.mark.parametrize("bench", REAL_BENCHMARKS, ids=lambda b: b.name)
+def test_every_problem_has_a_gold_answer(bench):
+    path = SHARED / f"{bench.name}.jsonl"
+    n_lines = sum(1 for line in path.open() if line.strip())
+    df = bench.load(str(path))
+    assert df.columns == ["problem_id", "problem", "answer"]
+    assert df.height == n_lines
+    assert df["problem_id"].n_unique() == df.height
+    assert (df["answer"].str.strip_chars().str.len_chars() > 0).all()
+    assert (df["problem"].str.len_chars() > 0).all()
+
+
+@needs_files
+def test_specific_layouts():
+    assert AMC23.load(str(SHARED / "amc23.jsonl"))["answer"][0] == "27"  # stored as 27.0
+    assert GSM8K.load(str(SHARED / "gsm8k.jsonl"))["answer"][:3].to_list() == ["18", "3", "70000"]
+    assert MINERVA_MATH.load(str(SHARED / "minerva_math.jsonl"))["answer"][0] == "1.6"
+    olympiad = OLYMPIADBENCH.load(str(SHARED / "olympiadbench.jsonl"))
+    assert "$" not in "".join(olympiad["answer"].to_list())
+
+
+@needs_files
+def test_default_source_and_limit(monkeypatch, tmp_path):
+    monkeypatch.delenv("WORKBENCH_BENCHMARKS_DIR", raising=False)
+    assert MATH500.default_path() == SHARED / "math500.jsonl"
+    assert MATH500.load(limit=7).height == 7
+    # the env var wins over shared/
+    (tmp_path / "math500.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    monkeypatch.setenv("WORKBENCH_BENCHMARKS_DIR", str(tmp_path))
+    df = MATH500.load()
+    assert df.to_dicts() == [{"problem_id": "math500/0", "problem": "1+1?", "answer": "2"}]
+
+
+def test_local_parquet_and_bad_rows(tmp_path):
+    pl.DataFrame({"question": ["q1", "q2"], "answer": ["x #### 1,000", "y #### 5"]}).write_parquet(tmp_path / "g.parquet")
+    assert GSM8K.load(str(tmp_path / "g.parquet"))["answer"].to_list() == ["1000", "5"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n" + json.dumps({"problem": "p2"}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"bad.jsonl: row 1: no gold answer"):
+        MATH500.load(str(bad))
+    with pytest.raises(BenchmarkError, match="no such file"):
+        MATH500.load(str(tmp_path / "missing.jsonl"))
+
+
+def test_toy_benchmark_loads():
+    pytest.importorskip("data_gen.toy")
+    df = TOY_ID.load(limit=5)
+    assert df.height == 5 and df["problem_id"][0] == "toy-id/0"
+    assert df["answer"].str.len_chars().min() > 0
+    assert TOY_ID.load(limit=5).equals(df)  # deterministic
+
+
+@needs_files
+@pytest.mark.parametrize("bench", [MATH500, MINERVA_MATH], ids=lambda b: b.name)
+def test_reference_solutions_grade_correct(bench):
+    verifier = pytest.importorskip("data_gen.verifier")
+    rows = [json.loads(line) for line in (SHARED / f"{bench.name}.jsonl").open()]
+    df = bench.load(str(SHARED / f"{bench.name}.jsonl"))
+    grades = verifier.grade_many([r["solution"] for r in rows], df["answer"].to_list(), timeout_s=5.0)
+    share = sum(g.correct for g in grades) / len(grades)
+    assert share >= 0.99, f"{bench.name}: only {share:.1%} of reference solutions grade correct"

@@ -1,0 +1,99 @@
+"""The Table 2 report from a small fixed eval result (fake summaries and manifests in a tmp run dir)."""
+
+import json
+
+import polars as pl
+import pytest
+
+from evaluators.paper import TABLE1, TABLE2, paper_row
+from evaluators.report import build_table, render_table
+from evaluators.stages import report_stage
+from workbench.recipe import parse_recipe
+from workbench.stage import StageContext
+
+BENCHES = ["toy-id", "toy-long"]
+ACC = {"base": (0.25, 0.05), "dft": (0.50, 0.10), "dpo": (0.40, 0.00)}
+
+
+def _summary(name, accs):
+    return pl.DataFrame([{"model": name, "benchmark": b, "n_problems": 100, "k": 4, "avg_at_k": a,
+                          "pass_at_k": min(1.0, 2 * a), "maj_at_k": a, "ci_low": max(0.0, a - 0.05),
+                          "ci_high": a + 0.05} for b, a in zip(BENCHES, accs)])
+
+
+def _write(folder, manifest, summary=None):
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if summary is not None:
+        summary.write_parquet(folder / "summary.parquet")
+    return folder
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    recipe = parse_recipe({
+        "run": {"name": "t"}, "model": "toy:arith",
+        "train": [{"name": "dft", "algorithm": "dft"}, {"name": "dpo", "algorithm": "dpo"}],
+        "evaluate": {"benchmarks": BENCHES, "k": 4},
+        "report": {"paper": "table2"},
+    })
+    inputs = {"generate": _write(tmp_path / "generate", {"counts": {"samples": 800}, "wall_time_s": 12.5})}
+    for name, data, tokens in [("dft", "positives", 5000), ("dpo", "pairs", 7000)]:
+        inputs[f"train/{name}"] = _write(tmp_path / "train" / name, {
+            "counts": {"data": data, "train_tokens": tokens, "steps": 10}, "wall_time_s": 30.0})
+    for name, accs in ACC.items():
+        inputs[f"eval/{name}"] = _write(tmp_path / "eval" / name, {"counts": {}}, _summary(name, accs))
+    return StageContext(recipe, tmp_path / "report", inputs)
+
+
+def test_report_stage_writes_table_costs_and_plot(ctx):
+    counts = report_stage(ctx)
+    out = ctx.out
+    table = pl.read_csv(out / "table2.csv")
+    assert table.columns == ["method", "toy-id", "toy-long", "average"]
+    assert table["method"].to_list() == ["base", "dft", "dpo"]  # base, then recipe order
+    assert table.row(0) == ("base", 25.0, 5.0, 15.0)
+    assert table.row(1) == ("dft", 50.0, 10.0, 30.0)
+    assert table.row(2) == ("dpo", 40.0, 0.0, 20.0)
+    assert counts["rows"] == 3 and counts["average/dft"] == 30.0
+
+    costs = pl.read_csv(out / "costs.csv")
+    assert costs.to_dicts()[0] == {"method": "dft", "samples_generated": 800, "train_tokens": 5000, "steps": 10,
+                                   "train_wall_s": 30.0, "generate_wall_s": 12.5}
+    assert costs["method"].to_list() == ["dft", "dpo"]
+
+    md = (out / "table2.md").read_text()
+    assert "| dft | 50.00 [45.0, 55.0] | 10.00 [5.0, 15.0] | 30.00 |" in md
+    assert "Average@4" in md and "**Costs**" in md
+    assert "Ours vs the paper's Table 2" in md  # no paper benchmark here, so only the averages compare
+    assert f"30.00 / {TABLE2['dft']['average']:.2f} ({30.0 - TABLE2['dft']['average']:+.2f})" in md
+    png = (out / "table2.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_report_fails_on_missing_summary(ctx):
+    del ctx.inputs["eval/dpo"]
+    with pytest.raises(FileNotFoundError, match="eval/dpo"):
+        report_stage(ctx)
+
+
+def test_build_and_render_table():
+    summaries = {n: _summary(n, a) for n, a in ACC.items()}
+    table = build_table(summaries)
+    text = render_table(table)
+    assert text.splitlines()[2].startswith("| method | toy-id | toy-long | average |")
+    assert "| base | 25.00 | 5.00 | 15.00 |" in text
+    with pytest.raises(ValueError, match="no row for math500"):
+        build_table(summaries, ["toy-id", "math500"])
+
+
+def test_paper_numbers():
+    assert TABLE2["dft"]["math500"] == 64.71 and TABLE2["base"]["average"] == 15.92
+    assert TABLE1["sft"]["average"] == 18.01
+    for table in (TABLE1, TABLE2):  # the printed averages are the means of the five columns
+        for row in table.values():
+            values = [v for k, v in row.items() if k != "average"]
+            assert abs(sum(values) / 5 - row["average"]) < 0.02
+    assert paper_row("table1", "dft-demos", "dft") == TABLE1["dft"]
+    assert paper_row("table2", "mine", "grpo") == TABLE2["grpo"]
+    assert paper_row("table2", "sft-demos", "sft") is None
