@@ -64,3 +64,82 @@ def save_random_toy_model(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+class ToyPretrainConfig(Section):
+    """How the toy base model is pretrained on toy demonstrations (see `pretrain_toy_model`).
+
+    Stopping is by step count, not wall time, so the same seed always gives the same weights.
+    """
+
+    steps: int = Field(3000, ge=1, description="Optimizer steps (calibrated to ~2-3 minutes on 2 idle cores).")
+    batch_size: int = Field(4, ge=1, description="Packed sequences per step.")
+    seq_len: int = Field(256, ge=16, description="Tokens per packed sequence.")
+    lr: float = Field(5e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 10%).")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    slip_rate: float = Field(0.25, ge=0, le=1, description="Share of demonstrations with one arithmetic slip.")
+    threads: int = Field(1, ge=1, description="torch threads during pretraining (fixed: results depend on it).")
+    bf16: bool = Field(False, description="bfloat16 autocast for forward/backward.")
+
+
+def pretraining_batches(tokenizer, texts_and_prompt_lens, cfg: ToyPretrainConfig):
+    """Pack `(text, prompt_len)` documents into `steps` batches of `seq_len` tokens.
+
+    Loss is taken on solution tokens and EOS only (prompt tokens get label -100).
+    Returns a list of (input_ids, labels) LongTensors of shape [batch_size, seq_len].
+    """
+    import torch
+
+    need = cfg.steps * cfg.batch_size * cfg.seq_len
+    ids, labels = [], []
+    for text, prompt_len in texts_and_prompt_lens:
+        doc = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.extend(doc)
+        labels.extend([-100] * prompt_len + doc[prompt_len:])
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise ValueError(f"toy pretraining: {len(ids)} tokens of data, need {need}")
+    shape = (cfg.steps, cfg.batch_size, cfg.seq_len)
+    x = torch.tensor(ids[:need]).view(shape)
+    y = torch.tensor(labels[:need]).view(shape)
+    return list(zip(x, y))
+
+
+def pretrain_toy_model(model, batches, cfg: ToyPretrainConfig, seed: int = 0, log=None):
+    """Train `model` on packed `batches` with AdamW and a warm-up + cosine schedule; returns losses."""
+    import math
+
+    import torch
+
+    torch.manual_seed(seed)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+
+    def lr_at(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses = []
+    try:
+        for step, (x, y) in enumerate(batches):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = model(input_ids=x, labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if log and (step % 100 == 0 or step == len(batches) - 1):
+                log(f"toy pretrain step {step + 1}/{len(batches)} loss {loss.item():.4f}")
+    finally:
+        torch.set_num_threads(old_threads)
+    model.eval()
+    return losses
