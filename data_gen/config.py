@@ -57,6 +57,10 @@ class SamplerConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM's GPU memory share on GPUs.")
     dtype: str = Field("bfloat16", description="Engine dtype.")
     hf_batch_size: int = Field(64, ge=1, description="Prompts per transformers generate call (engine=hf).")
+    vllm_in_process: bool = Field(
+        False, description="Run vLLM's engine core inside the actor process (VLLM_ENABLE_V1_MULTIPROCESSING=0): "
+        "starts in seconds and can be reseeded, but generated ~5x slower on CPU here. For tests and tiny jobs."
+    )
 
 
 class GenerateConfig(SamplerConfig):

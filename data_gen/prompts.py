@@ -1,0 +1,173 @@
+"""Prompt sources: the prompt set the base model is sampled on (the paper: 100k NuminaMath-CoT problems).
+
+`load_prompts` returns the prompts table (prompt_id, source, problem, answer, solution) and the number of
+rows skipped per reason. Sources:
+
+- `toy`: the synthetic arithmetic task (data_gen/toy.py); `max_prompts` says how many to draw.
+- `hf`: a Hugging Face dataset (`datasets.load_dataset(hf_id, hf_subset, split=...)`).
+- `file`: a local .jsonl or .parquet file.
+
+For hf and file the fields are mapped by `problem_field`, `answer_field` and `solution_field`. The gold
+answer is `answer_field` when set, else the last `\\boxed{...}` of the solution (NuminaMath's layout).
+Rows without a problem or a usable gold answer are skipped and counted; duplicate problems are dropped
+(counted as `duplicate`); the rest are shuffled with the run seed and cut to `max_prompts`.
+A prompt_id is a hash of the problem text, so it is stable across runs and orderings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+import polars as pl
+
+from data_gen.config import PromptsConfig
+
+COLUMNS = {"prompt_id": pl.String, "source": pl.String, "problem": pl.String, "answer": pl.String,
+           "solution": pl.String}
+
+
+class PromptsError(ValueError):
+    """A prompt-source problem, already formatted as one line."""
+
+
+def prompt_id(problem: str) -> str:
+    """Stable id of a problem: the first 16 hex digits of sha256 of its stripped text."""
+    return "p-" + hashlib.sha256(problem.strip().encode()).hexdigest()[:16]
+
+
+def last_boxed(text: str | None) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in text, with nested braces; None if absent."""
+    if not text:
+        return None
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0 or text[start:i].strip() not in ("\\boxed", "\\fbox"):
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                content = text[i + 1:j].strip()
+                return content or None
+    return None  # unbalanced braces
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise PromptsError(f"{path}: prompts file not found")
+    if path.suffix == ".parquet":
+        try:
+            return pl.read_parquet(path).to_dicts()
+        except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line naming the file
+            raise PromptsError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+    if path.suffix not in (".jsonl", ".json"):
+        raise PromptsError(f"{path}: expected a .jsonl or .parquet prompts file")
+    rows = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptsError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise PromptsError(f"{path}: row {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def map_rows(rows, cfg: PromptsConfig, source: str, where: str) -> tuple[list[dict], dict]:
+    """Map raw rows to prompt rows by the configured fields; returns (kept rows, skipped counts by reason).
+
+    `where` names the input (file or dataset) in errors. A configured field missing from every row is an
+    error (a misspelt field name), not a skip.
+    """
+    skipped = {"no_problem": 0, "no_answer": 0, "duplicate": 0}
+    kept, seen = [], set()
+    fields_seen: set[str] = set()
+    n = 0
+    for row in rows:
+        n += 1
+        fields_seen.update(row.keys())
+        problem = _text(row.get(cfg.problem_field))
+        solution = _text(row.get(cfg.solution_field)) if cfg.solution_field else None
+        answer = _text(row.get(cfg.answer_field)) if cfg.answer_field else last_boxed(solution)
+        if problem is None:
+            skipped["no_problem"] += 1
+            continue
+        if answer is None:
+            skipped["no_answer"] += 1
+            continue
+        pid = prompt_id(problem)
+        if pid in seen:
+            skipped["duplicate"] += 1
+            continue
+        seen.add(pid)
+        kept.append({"prompt_id": pid, "source": source, "problem": problem, "answer": answer,
+                     "solution": solution})
+    if n:
+        for name, field in (("problem_field", cfg.problem_field), ("answer_field", cfg.answer_field),
+                            ("solution_field", cfg.solution_field)):
+            if field and field not in fields_seen and not (name == "solution_field" and cfg.answer_field):
+                raise PromptsError(f"{where}: prompts.{name}: no column {field!r} (columns: "
+                                   f"{sorted(fields_seen)})")
+    return kept, skipped
+
+
+def _shuffle_and_cut(rows: list[dict], cfg: PromptsConfig, seed: int) -> list[dict]:
+    rows = sorted(rows, key=lambda r: r["prompt_id"])  # order-independent before the seeded shuffle
+    if cfg.shuffle:
+        random.Random(seed).shuffle(rows)
+    return rows[:cfg.max_prompts] if cfg.max_prompts else rows
+
+
+def load_prompts(cfg: PromptsConfig, seed: int) -> tuple[pl.DataFrame, dict]:
+    """Load the prompt set described by `cfg`; returns (prompts table, skipped-row counts by reason)."""
+    if cfg.source == "toy":
+        if cfg.max_prompts is None:
+            raise PromptsError("prompts.max_prompts: required with source=toy (how many problems to draw)")
+        from data_gen.toy import toy_prompts
+
+        df = toy_prompts(cfg.toy, cfg.max_prompts, seed)
+        df = df.with_columns(*(pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
+                               for c, t in COLUMNS.items())).select(list(COLUMNS))
+        return df, {"no_problem": 0, "no_answer": 0, "duplicate": 0}
+    if cfg.source == "file":
+        if not cfg.path:
+            raise PromptsError("prompts.path: required with source=file")
+        where = cfg.path
+        rows = _read_file(Path(cfg.path))
+        source = Path(cfg.path).stem
+    else:
+        if not cfg.hf_id:
+            raise PromptsError("prompts.hf_id: required with source=hf")
+        import datasets
+
+        where = f"{cfg.hf_id}[{cfg.split}]"
+        try:
+            rows = datasets.load_dataset(cfg.hf_id, cfg.hf_subset, split=cfg.split)
+        except Exception as exc:  # noqa: BLE001 - reported as one line naming the dataset
+            raise PromptsError(f"{where}: cannot load dataset ({type(exc).__name__}: {exc})") from None
+        source = cfg.hf_id
+    kept, skipped = map_rows(rows, cfg, source, where)
+    kept = _shuffle_and_cut(kept, cfg, seed)
+    return pl.DataFrame(kept, schema=COLUMNS), skipped

@@ -1,0 +1,111 @@
+"""The data-generation stages of the pipeline: prompts -> generate -> verify -> build.
+
+Each is `fn(ctx: StageContext) -> dict of counts`; it reads upstream folders from `ctx.inputs` and writes
+the files of the run-directory layout (see DESIGN.md) into `ctx.out`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from rich.console import Console
+
+from data_gen.builders import (
+    PAIR_SCHEMA,
+    POSITIVE_SCHEMA,
+    build_demonstrations,
+    build_pairs,
+    build_positives,
+    build_rl_prompts,
+    build_stats,
+    print_stats,
+)
+from data_gen.prompts import load_prompts
+from data_gen.samplers import render_prompts, resolve_engine, sample
+from data_gen.verifier import verify_frame
+from workbench.stage import StageContext
+
+console = Console()
+
+SAMPLE_SCHEMA = {"prompt_id": pl.String, "sample_idx": pl.Int64, "response": pl.String,
+                 "num_tokens": pl.Int64, "finish_reason": pl.String}
+
+
+def prompts_stage(ctx: StageContext) -> dict:
+    """Load the prompt set; write prompts/prompts.parquet. Skipped rows are printed and counted."""
+    df, skipped = load_prompts(ctx.recipe.prompts, ctx.recipe.run.seed)
+    df.write_parquet(ctx.out / "prompts.parquet")
+    if any(skipped.values()):
+        console.print(f"prompts: skipped {', '.join(f'{v} {k}' for k, v in skipped.items() if v)}")
+    return {"prompts": len(df), **{f"skipped_{k}": v for k, v in skipped.items()}}
+
+
+def generate_stage(ctx: StageContext) -> dict:
+    """Sample generate.n responses per prompt from the base model; write generate/samples.parquet.
+
+    Also writes generate/answers.parquet (prompt_id, answer) so that verify needs only this folder.
+    """
+    cfg = ctx.recipe.generate
+    prompts = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet")
+    model = str(ctx.base_model)
+    rendered = render_prompts(model, prompts["problem"].to_list(), ctx.recipe.template)
+    completions = sample(model, rendered, cfg, cfg.n, ctx.recipe.run.seed, desc="generate")
+    rows = {k: [] for k in SAMPLE_SCHEMA}
+    for pid, comps in zip(prompts["prompt_id"].to_list(), completions):
+        for idx, c in enumerate(comps):
+            rows["prompt_id"].append(pid)
+            rows["sample_idx"].append(idx)
+            rows["response"].append(c.text)
+            rows["num_tokens"].append(c.num_tokens)
+            rows["finish_reason"].append(c.finish_reason)
+    samples = pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
+    samples.write_parquet(ctx.out / "samples.parquet")
+    prompts.select("prompt_id", "answer").write_parquet(ctx.out / "answers.parquet")
+    return {"prompts": len(prompts), "samples": len(samples), "tokens": int(samples["num_tokens"].sum()),
+            "truncated": int((samples["finish_reason"] == "length").sum()), "engine": resolve_engine(cfg)}
+
+
+def _answers(ctx: StageContext) -> pl.DataFrame:
+    if "prompts" in ctx.inputs:
+        return pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet").select("prompt_id", "answer")
+    return pl.read_parquet(ctx.inputs["generate"] / "answers.parquet")
+
+
+def verify_stage(ctx: StageContext) -> dict:
+    """Grade every sample with math-verify (Ray tasks); write verify/verified.parquet."""
+    samples = pl.read_parquet(ctx.inputs["generate"] / "samples.parquet")
+    df = samples.join(_answers(ctx), on="prompt_id", how="left", maintain_order="left")
+    missing = df.filter(pl.col("answer").is_null())
+    if len(missing):
+        raise ValueError(f"verify: {len(missing)} samples have no gold answer (e.g. prompt_id "
+                         f"{missing['prompt_id'][0]!r})")
+    verified = verify_frame(df, ctx.recipe.verify).drop("answer")
+    verified.write_parquet(ctx.out / "verified.parquet")
+    counts = {"samples": len(verified), "correct": int(verified["correct"].sum())}
+    counts.update({s: int((verified["status"] == s).sum()) for s in ("ok", "no_answer", "timeout", "error")})
+    return counts
+
+
+def build_stage(ctx: StageContext) -> dict:
+    """Build positives, pairs, rl prompts, demonstrations and stats.json into build/."""
+    prompts = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet")
+    if "verify" in ctx.inputs:
+        verified = pl.read_parquet(ctx.inputs["verify"] / "verified.parquet")
+        positives = build_positives(verified, prompts, ctx.recipe.build)
+        pairs = build_pairs(verified, prompts, ctx.recipe.build, ctx.recipe.run.seed)
+        stats = build_stats(verified, positives, pairs)
+    else:  # no sampling in this recipe: only demonstrations and RL prompts
+        positives, pairs = pl.DataFrame(schema=POSITIVE_SCHEMA), pl.DataFrame(schema=PAIR_SCHEMA)
+        stats = {"samples": 0, "positives": 0, "pairs": 0}
+    rl_prompts = build_rl_prompts(prompts)
+    demos = build_demonstrations(prompts)
+    stats.update({"rl_prompts": len(rl_prompts), "demonstrations": len(demos)})
+    positives.write_parquet(ctx.out / "positives.parquet")
+    pairs.write_parquet(ctx.out / "pairs.parquet")
+    rl_prompts.write_parquet(ctx.out / "rl_prompts.parquet")
+    demos.write_parquet(ctx.out / "demonstrations.parquet")
+    (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print_stats(stats)
+    return {"positives": len(positives), "pairs": len(pairs), "rl_prompts": len(rl_prompts),
+            "demonstrations": len(demos)}

@@ -1,0 +1,71 @@
+"""Prompt sources: field mapping, gold extraction from \\boxed{}, skipped-row counts, errors."""
+
+import json
+
+import polars as pl
+import pytest
+
+from data_gen.config import PromptsConfig
+from data_gen.prompts import PromptsError, last_boxed, load_prompts, prompt_id
+
+
+def test_last_boxed_nested():
+    assert last_boxed(r"a \boxed{1} then \boxed{\frac{1}{\sqrt{2}}}.") == r"\frac{1}{\sqrt{2}}"
+    assert last_boxed(r"\fbox{7}") == "7"
+    assert last_boxed("no box") is None
+    assert last_boxed(r"\boxed{unbalanced") is None
+    assert last_boxed(r"\boxed{}") is None
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in rows))
+    return path
+
+
+def test_numina_layout_file_and_skips(tmp_path):
+    rows = [
+        {"problem": "What is 1+1?", "solution": r"It is \boxed{2}.", "source": "x"},
+        {"problem": "Half of 1?", "solution": r"\boxed{1} no, \boxed{\frac{1}{2}}"},
+        {"problem": "", "solution": r"\boxed{3}"},                 # no problem
+        {"problem": "No box here", "solution": "just words"},      # no gold answer
+        {"problem": "What is 1+1?", "solution": r"\boxed{2}"},     # duplicate
+        {"solution": r"\boxed{4}"},                                # no problem field
+    ]
+    cfg = PromptsConfig(source="file", path=str(_write_jsonl(tmp_path / "numina.jsonl", rows)))
+    df, skipped = load_prompts(cfg, seed=0)
+    assert skipped == {"no_problem": 2, "no_answer": 1, "duplicate": 1}
+    assert sorted(df["answer"].to_list()) == ["2", r"\frac{1}{2}"]
+    assert df.columns == ["prompt_id", "source", "problem", "answer", "solution"]
+    assert set(df["prompt_id"]) == {prompt_id("What is 1+1?"), prompt_id("Half of 1?")}
+
+
+def test_answer_field_max_prompts_and_seeded_shuffle(tmp_path):
+    rows = [{"question": f"q{i}", "final": str(i)} for i in range(20)]
+    path = tmp_path / "p.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    cfg = PromptsConfig(source="file", path=str(path), problem_field="question", answer_field="final",
+                        solution_field=None, max_prompts=5)
+    a, _ = load_prompts(cfg, seed=1)
+    b, _ = load_prompts(cfg, seed=1)
+    c, _ = load_prompts(cfg, seed=2)
+    assert a.equals(b) and len(a) == 5 and not a.equals(c)
+    assert a["solution"].null_count() == 5
+
+
+def test_malformed_file_names_file_and_row(tmp_path):
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"problem": "a", "answer": "1"}, "{oops"])
+    with pytest.raises(PromptsError, match=r"bad.jsonl: row 2"):
+        load_prompts(PromptsConfig(source="file", path=str(bad), answer_field="answer"), 0)
+    with pytest.raises(PromptsError, match="not found"):
+        load_prompts(PromptsConfig(source="file", path=str(tmp_path / "none.jsonl")), 0)
+    ok = _write_jsonl(tmp_path / "ok.jsonl", [{"problem": "a", "answer": "1"}])
+    with pytest.raises(PromptsError, match="problem_field: no column 'question'"):
+        load_prompts(PromptsConfig(source="file", path=str(ok), problem_field="question", answer_field="answer"), 0)
+
+
+def test_toy_source():
+    with pytest.raises(PromptsError, match="max_prompts"):
+        load_prompts(PromptsConfig(source="toy"), 0)
+    df, skipped = load_prompts(PromptsConfig(source="toy", max_prompts=8), seed=3)
+    assert len(df) == 8 and df["prompt_id"].n_unique() == 8 and not any(skipped.values())
+    assert df.columns == ["prompt_id", "source", "problem", "answer", "solution"]
