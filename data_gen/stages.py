@@ -42,10 +42,7 @@ def prompts_stage(ctx: StageContext) -> dict:
 
 
 def generate_stage(ctx: StageContext) -> dict:
-    """Sample generate.n responses per prompt from the base model; write generate/samples.parquet.
-
-    Also writes generate/answers.parquet (prompt_id, answer) so that verify needs only this folder.
-    """
+    """Sample generate.n responses per prompt from the base model; write generate/samples.parquet."""
     cfg = ctx.recipe.generate
     prompts = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet")
     model = str(ctx.base_model)
@@ -61,21 +58,15 @@ def generate_stage(ctx: StageContext) -> dict:
             rows["finish_reason"].append(c.finish_reason)
     samples = pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
     samples.write_parquet(ctx.out / "samples.parquet")
-    prompts.select("prompt_id", "answer").write_parquet(ctx.out / "answers.parquet")
     return {"prompts": len(prompts), "samples": len(samples), "tokens": int(samples["num_tokens"].sum()),
             "truncated": int((samples["finish_reason"] == "length").sum()), "engine": resolve_engine(cfg)}
-
-
-def _answers(ctx: StageContext) -> pl.DataFrame:
-    if "prompts" in ctx.inputs:
-        return pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet").select("prompt_id", "answer")
-    return pl.read_parquet(ctx.inputs["generate"] / "answers.parquet")
 
 
 def verify_stage(ctx: StageContext) -> dict:
     """Grade every sample with math-verify (Ray tasks); write verify/verified.parquet."""
     samples = pl.read_parquet(ctx.inputs["generate"] / "samples.parquet")
-    df = samples.join(_answers(ctx), on="prompt_id", how="left", maintain_order="left")
+    answers = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet").select("prompt_id", "answer")
+    df = samples.join(answers, on="prompt_id", how="left", maintain_order="left")
     missing = df.filter(pl.col("answer").is_null())
     if len(missing):
         raise ValueError(f"verify: {len(missing)} samples have no gold answer (e.g. prompt_id "

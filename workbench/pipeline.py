@@ -92,7 +92,7 @@ def plan(recipe: Recipe) -> list[Stage]:
         stages += [
             Stage("generate", "generate", ["prompts"],
                   {"model": model, "template": dump["template"], "generate": dump["generate"], "seed": seed}),
-            Stage("verify", "verify", ["generate"], {"verify": dump["verify"]}),
+            Stage("verify", "verify", ["generate", "prompts"], {"verify": dump["verify"]}),
             Stage("build", "build", ["verify", "prompts"], {"build": dump["build"], "seed": seed}),
         ]
     else:  # e.g. Table 1: only demonstrations and RL prompts, no sampling from the base model
