@@ -17,7 +17,6 @@ A prompt_id is a hash of the problem text, so it is stable across runs and order
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from data_gen.config import PromptsConfig
+from data_gen.io import last_boxed, read_rows
 
 COLUMNS = {"prompt_id": pl.String, "source": pl.String, "problem": pl.String, "answer": pl.String,
            "solution": pl.String}
@@ -37,53 +37,6 @@ class PromptsError(ValueError):
 def prompt_id(problem: str) -> str:
     """Stable id of a problem: the first 16 hex digits of sha256 of its stripped text."""
     return "p-" + hashlib.sha256(problem.strip().encode()).hexdigest()[:16]
-
-
-def last_boxed(text: str | None) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in text, with nested braces; None if absent."""
-    if not text:
-        return None
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0 or text[start:i].strip() not in ("\\boxed", "\\fbox"):
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                content = text[i + 1:j].strip()
-                return content or None
-    return None  # unbalanced braces
-
-
-def _read_file(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise PromptsError(f"{path}: prompts file not found")
-    if path.suffix == ".parquet":
-        try:
-            return pl.read_parquet(path).to_dicts()
-        except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line naming the file
-            raise PromptsError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    if path.suffix not in (".jsonl", ".json"):
-        raise PromptsError(f"{path}: expected a .jsonl or .parquet prompts file")
-    rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptsError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise PromptsError(f"{path}: row {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def _text(value) -> str | None:
@@ -155,7 +108,7 @@ def load_prompts(cfg: PromptsConfig, seed: int) -> tuple[pl.DataFrame, dict]:
         if not cfg.path:
             raise PromptsError("prompts.path: required with source=file")
         where = cfg.path
-        rows = _read_file(Path(cfg.path))
+        rows = read_rows(cfg.path, PromptsError)
         source = Path(cfg.path).stem
     else:
         if not cfg.hf_id:

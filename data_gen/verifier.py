@@ -17,7 +17,6 @@ in-process or in plain Ray tasks, never from threads or async actors. Responses 
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from data_gen.config import VerifyConfig
+from data_gen.io import read_rows
 
 MAX_RESPONSE_CHARS = 8000
 MAX_GOLD_CHARS = 2000
@@ -225,28 +225,7 @@ def verify_frame(df: pl.DataFrame, cfg: VerifyConfig) -> pl.DataFrame:
 
 def read_table(path: str | Path) -> pl.DataFrame:
     """Read a .jsonl or .parquet file; a malformed file raises one line naming it (and the row)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VerifierError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        try:
-            return pl.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001 - one line naming the file
-            raise VerifierError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    if path.suffix not in (".jsonl", ".json"):
-        raise VerifierError(f"{path}: expected a .jsonl or .parquet file")
-    rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise VerifierError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise VerifierError(f"{path}: row {lineno}: expected a JSON object")
-            rows.append(row)
+    rows = read_rows(path, VerifierError)
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 

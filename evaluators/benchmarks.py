@@ -17,7 +17,6 @@ The objects are registered under the entry-point group `workbench.benchmarks` in
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,33 +24,14 @@ from pathlib import Path
 
 import polars as pl
 
+from data_gen.io import last_boxed, read_rows
+
 
 class BenchmarkError(ValueError):
     """A benchmark file or row that cannot be used, as one line naming the file and row."""
 
 
 # ---------------------------------------------------------------- gold-answer extraction
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced; None if absent."""
-    if not isinstance(text, str):
-        return None
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j].strip()
-    return None  # unbalanced braces
 
 
 def _as_text(value) -> str:
@@ -114,27 +94,6 @@ def shared_benchmarks_dir() -> Path:
     return Path(workbench.__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """Rows of a local .jsonl / .json / .parquet file as dicts."""
-    if not path.exists():
-        raise BenchmarkError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        return pl.read_parquet(path).to_dicts()
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}: line {lineno}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{path}: line {lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class Benchmark:
     """One evaluation set: its source and how a row maps onto (problem_id, problem, answer)."""
@@ -158,7 +117,7 @@ class Benchmark:
 
     def _source_rows(self, path: str | None, limit: int | None) -> tuple[list[dict], str]:
         if path is not None:
-            return _read_rows(Path(path)), str(path)
+            return read_rows(path, BenchmarkError), str(path)
         if self.toy:
             from data_gen.toy import toy_benchmark
 
@@ -166,7 +125,7 @@ class Benchmark:
             return toy_benchmark(self.name, n).to_dicts(), f"toy benchmark {self.name}"
         local = self.default_path()
         if local is not None:
-            return _read_rows(local), str(local)
+            return read_rows(local, BenchmarkError), str(local)
         if self.hf_id is None:
             raise BenchmarkError(f"benchmark {self.name}: no local file and no Hugging Face id")
         import datasets

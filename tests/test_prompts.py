@@ -6,15 +6,7 @@ import polars as pl
 import pytest
 
 from data_gen.config import PromptsConfig
-from data_gen.prompts import PromptsError, last_boxed, load_prompts, prompt_id
-
-
-def test_last_boxed_nested():
-    assert last_boxed(r"a \boxed{1} then \boxed{\frac{1}{\sqrt{2}}}.") == r"\frac{1}{\sqrt{2}}"
-    assert last_boxed(r"\fbox{7}") == "7"
-    assert last_boxed("no box") is None
-    assert last_boxed(r"\boxed{unbalanced") is None
-    assert last_boxed(r"\boxed{}") is None
+from data_gen.prompts import PromptsError, load_prompts, prompt_id
 
 
 def _write_jsonl(path, rows):
