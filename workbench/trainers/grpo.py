@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from workbench.template import render_prompt
 from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
+from workbench.trainers.common import require_columns
 
 # TRL log key -> metrics.jsonl key
 LOGGED = {"loss": "loss", "learning_rate": "learning_rate", "reward": "reward", "reward_std": "reward_std",
@@ -100,11 +101,9 @@ class GRPOTrainerPlugin(Trainer):
         from trl import GRPOConfig as TRLGRPOConfig
         from trl import GRPOTrainer
 
-        for col in ("problem", "answer"):
-            if col not in job.data.columns:
-                raise ValueError(f"grpo: job.data lacks column {col!r} (needs prompt_id, problem, answer)")
+        require_columns(job.data, ["problem", "answer"], "grpo (rl prompts)")
         if len(job.data) == 0:
-            raise ValueError("grpo: job.data (rl prompts) is empty")
+            raise ValueError("grpo: the rl prompts are empty")
         torch.set_num_threads(job.num_threads)
         set_seed(job.seed)
         on_gpu = torch.cuda.is_available()

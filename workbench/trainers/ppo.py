@@ -32,6 +32,7 @@ from pydantic import Field
 
 from workbench.template import render_prompt
 from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
+from workbench.trainers.common import require_columns
 
 # ---------------------------------------------------------------------------------------------
 # The pure math. Every tensor is [batch, response_len]; `mask` is 1 on real response tokens.
@@ -190,11 +191,9 @@ class PPOTrainerPlugin(Trainer):
         from data_gen.samplers import hf_generate
         from data_gen.verifier import reward
 
-        for col in ("problem", "answer"):
-            if col not in job.data.columns:
-                raise ValueError(f"ppo: job.data lacks column {col!r} (needs prompt_id, problem, answer)")
+        require_columns(job.data, ["problem", "answer"], "ppo (rl prompts)")
         if len(job.data) == 0:
-            raise ValueError("ppo: job.data (rl prompts) is empty")
+            raise ValueError("ppo: the rl prompts are empty")
         torch.set_num_threads(job.num_threads)
         random.seed(job.seed)
         np.random.seed(job.seed)
