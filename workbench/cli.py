@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -78,15 +77,15 @@ def _run(recipe, out, overrides, dry_run, upto):
 
 
 @app.command()
-def run(recipe: Optional[str] = RecipeArg, out: Optional[Path] = OutOpt,
-        set_: Optional[list[str]] = SetOpt, dry_run: bool = DryOpt):
+def run(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
+        set_: list[str] | None = SetOpt, dry_run: bool = DryOpt):
     """Run the whole recipe: data generation, every trainer, evaluation and the report."""
     _run(recipe, out, set_, dry_run, None)
 
 
 def _stage_command(step: str, doc: str):
-    def command(recipe: Optional[str] = RecipeArg, out: Optional[Path] = OutOpt,
-                set_: Optional[list[str]] = SetOpt, dry_run: bool = DryOpt):
+    def command(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
+                set_: list[str] | None = SetOpt, dry_run: bool = DryOpt):
         _run(recipe, out, set_, dry_run, step)
 
     command.__doc__ = doc
@@ -102,14 +101,14 @@ for _step, _doc in [("generate", "Sample responses from the base model (and the 
 
 
 @app.command()
-def evaluate(recipe: Optional[str] = RecipeArg, out: Optional[Path] = OutOpt,
-             set_: Optional[list[str]] = SetOpt, dry_run: bool = DryOpt,
-             model: Optional[str] = typer.Option(None, help="Evaluate this model alone (no recipe)."),
+def evaluate(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
+             set_: list[str] | None = SetOpt, dry_run: bool = DryOpt,
+             model: str | None = typer.Option(None, help="Evaluate this model alone (no recipe)."),
              benchmarks: str = typer.Option("toy-id", help="Comma-separated benchmarks (with --model)."),
              k: int = typer.Option(16, help="Samples per problem (with --model)."),
-             limit: Optional[int] = typer.Option(None, help="First N problems per benchmark (with --model)."),
+             limit: int | None = typer.Option(None, help="First N problems per benchmark (with --model)."),
              engine: str = typer.Option("auto", help="auto, vllm or hf (with --model)."),
-             max_tokens: Optional[int] = typer.Option(None, help="Most new tokens (with --model; "
+             max_tokens: int | None = typer.Option(None, help="Most new tokens (with --model; "
                                                       "default 4096, 128 for toy models).")):
     """Evaluate the base model and every checkpoint of a recipe, or one --model on --benchmarks."""
     if model is None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 
@@ -211,7 +211,8 @@ class Pipeline:
             stage.name, tmp, input_hash=stage.input_hash, config=stage.config, seed=self.recipe.run.seed,
             counts=counts, wall_time_s=wall,
             inputs={d: (read_manifest(self.rundir.path(d)) or {}).get("input_hash") for d in stage.deps})
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, (int, float, str)))
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items()  # numbers and short labels; the rest
+                          if isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 16))  # is in the manifest
         console.print(f"[green]✓[/] {stage.name}: {shown} ({wall:.1f}s)")
         return manifest
 

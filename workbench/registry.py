@@ -26,7 +26,7 @@ def _load(group: str) -> tuple[dict, dict]:
             continue  # the first distribution wins; editable installs can list one twice
         try:
             loaded[ep.name] = ep.load()
-        except Exception as exc:  # a broken plugin must not hide the others
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
             broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}".splitlines()[0]
     return loaded, broken
 

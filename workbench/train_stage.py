@@ -92,7 +92,7 @@ def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
         stage, tmp, t0 = running.pop(done[0])
         try:
             counts = ray.get(done[0])
-        except Exception as exc:  # keep the others going; report every failure at the end
+        except Exception as exc:  # noqa: BLE001 - keep the others going; report all failures at the end
             pipeline.rundir.abort(tmp)
             cause = getattr(exc, "cause", None) or exc
             failures.append(f"{stage.name}: {type(cause).__name__}: {cause}".splitlines()[0])
