@@ -52,3 +52,15 @@ def test_bad_recipe_is_one_line_naming_the_key(tmp_path):
     assert out.returncode == 2
     message = " ".join(out.stdout.split())
     assert f"{bad}: train[0].learning_rate: expected a number, got 'fast'" in message
+
+
+def test_stage_error_is_one_line_and_keeps_nothing_half_done(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run: {{name: r, out_dir: {tmp_path}}}\nmodel: toy:arith\n"
+                      f"prompts: {{source: file, path: {tmp_path / 'absent.jsonl'}}}\n")
+    out = cli("run", str(recipe))
+    assert out.returncode == 2, out.stdout + out.stderr
+    message = " ".join(out.stdout.split())
+    assert f"{tmp_path / 'absent.jsonl'}: file not found" in message
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "r" / "prompts").exists()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def _run(recipe, out, overrides, dry_run, upto):
         return
     try:
         pipe.run(upto)
-    except StageNotAvailable as exc:
-        fail(str(exc))
+    except (StageNotAvailable, ValueError, FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        # Stages raise one-line errors naming the file, row or key; finished stages stay cached.
+        fail(f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+             "(finished stages are kept; WORKBENCH_DEBUG=1 shows the traceback)")
     if upto in (None, "report"):
         report_dir = pipe.rundir.path("report")
         table = report_dir / "table2.md"
