@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
 from evaluators.evaluate import benchmark_refs, evaluate_model
 from evaluators.report import render_table, write_report
+from workbench.rundir import read_manifest
 from workbench.stage import StageContext
 
 __all__ = ["evaluate_stage", "render_table", "report_stage"]
@@ -36,10 +36,10 @@ def evaluate_stage(ctx: StageContext) -> dict:
 def _manifest(folder: Path | None) -> dict:
     if folder is None:
         return {}
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"report: {path} is missing (did that stage finish?)")
-    return json.loads(path.read_text())
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(f"report: {Path(folder) / 'manifest.json'} is missing (did that stage finish?)")
+    return manifest
 
 
 def method_costs(inputs: dict[str, Path], methods: list[str]) -> pl.DataFrame:
@@ -62,7 +62,8 @@ def method_costs(inputs: dict[str, Path], methods: list[str]) -> pl.DataFrame:
             "samples_generated": (gen_samples if offline else 0) + int(counts.get("samples_generated", 0)),
             "train_tokens": int(counts.get("train_tokens", 0)),
             "steps": int(counts.get("steps", 0)),
-            "train_wall_s": float(manifest.get("wall_time_s", 0.0)),
+            # the task's own training time; the manifest's wall time also counts waiting in Ray's queue
+            "train_wall_s": float(counts.get("train_time_s", manifest.get("wall_time_s", 0.0))),
             "generate_wall_s": gen_wall if offline else 0.0,
         })
     return pl.DataFrame(rows, schema={"method": pl.Utf8, "samples_generated": pl.Int64, "train_tokens": pl.Int64,

@@ -32,7 +32,7 @@ STAGE_FUNCTIONS = {
     "generate": "data_gen.stages:generate_stage",
     "verify": "data_gen.stages:verify_stage",
     "build": "data_gen.stages:build_stage",
-    "train": "workbench.train_stage:train_stage",
+    "train": "workbench.train_stage:run_train_stages",  # all entries at once, in parallel
     "eval": "evaluators.stages:evaluate_stage",
     "report": "evaluators.stages:report_stage",
 }
@@ -175,9 +175,7 @@ class Pipeline:
         for stage in todo:
             if stage.kind == "train":
                 if pending_train:
-                    from workbench.train_stage import run_train_stages
-
-                    manifests.update(run_train_stages(self, pending_train, base_model))
+                    manifests.update(stage_function("train")(self, pending_train, base_model))
                     pending_train = []
                 continue
             manifests[stage.name] = self.run_one(stage, base_model)

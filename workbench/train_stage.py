@@ -102,7 +102,3 @@ def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
     if failures:
         raise RuntimeError("training failed for " + "; ".join(failures))
     return manifests
-
-
-def train_stage(ctx):  # the pipeline runs train stages through run_train_stages (in parallel)
-    raise RuntimeError("train stages run through workbench.train_stage.run_train_stages")
