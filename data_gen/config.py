@@ -5,7 +5,7 @@ Also `SamplerConfig`, the sampling settings shared by the generate stage and the
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from workbench.config_base import Section
 
@@ -21,8 +21,9 @@ class ToyTaskConfig(Section):
 
 
 class PromptsConfig(Section):
-    source: Literal["toy", "hf", "file"] = Field(
-        "toy", description="Where prompts come from: the toy task, a Hugging Face dataset id, or a local file."
+    source: Literal["toy", "toy-code", "hf", "file"] = Field(
+        "toy", description="Where prompts come from: the toy task, the toy code task (data_gen/code_tasks.py; "
+        "grade it with verify.verifier: code), a Hugging Face dataset id, or a local file."
     )
     hf_id: str | None = Field(None, description="Hugging Face dataset id (source=hf), e.g. AI-MO/NuminaMath-CoT.")
     hf_subset: str | None = Field(None, description="Dataset configuration name, if it has several.")
@@ -37,7 +38,19 @@ class PromptsConfig(Section):
     )
     max_prompts: int | None = Field(None, ge=1, description="Keep at most this many prompts after shuffling.")
     shuffle: bool = Field(True, description="Shuffle with the run seed before taking max_prompts.")
+    first_rows: bool = Field(
+        False, description="Take the source's first max_prompts rows in their order, unfiltered: rows without a "
+        "gold answer are kept (answer null) and so are repeated problems (prompt_id gets -2, -3, ...); only rows "
+        "without a problem are skipped. What the paper's Table 1 trained on (yongliang-wu/DFT "
+        "numina_cot.py --train_end 100000: dataset.select(range(100000))). Excludes shuffle."
+    )
     toy: ToyTaskConfig = Field(default_factory=ToyTaskConfig, description="Toy task knobs (source=toy).")
+
+    @model_validator(mode="after")
+    def _first_rows_unshuffled(self):
+        if self.first_rows and self.shuffle and "shuffle" in self.model_fields_set:
+            raise ValueError("first_rows takes rows in source order: set shuffle: false (or leave it out)")
+        return self
 
 
 class SamplerConfig(Section):
@@ -68,16 +81,56 @@ class GenerateConfig(SamplerConfig):
 
 
 class VerifyConfig(Section):
-    timeout_s: float = Field(5.0, gt=0, description="Per-sample math-verify timeout (parse and compare).")
+    verifier: str = Field("math", description="A registered verifier (`workbench verifiers`): math (math-verify, "
+                          "the default), exact (normalised string match), code (runs tests in a sandbox).")
+    options: dict = Field(default_factory=dict, description="The verifier's own options, checked against its "
+                          "Config (e.g. code: sandbox, cpu_s, memory_mb, max_processes, file_mb).")
+    timeout_s: float = Field(5.0, gt=0, description="Per-sample deadline (math: parse and compare; code: the "
+                             "program's wall-clock limit).")
     chunk_size: int = Field(512, ge=1, description="Samples per Ray verification task.")
     max_error_rate: float = Field(
         0.05, ge=0, le=1, description="Fail the stage when a chunk has more than this share of status=error."
     )
     num_cpus_per_task: float = Field(1, gt=0, description="CPUs each verification task reserves.")
 
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, name: str) -> str:
+        """An unknown verifier fails the recipe before any work, naming the registered ones."""
+        from workbench.registry import PluginError, get_plugin
+
+        try:
+            get_plugin("workbench.verifiers", name)
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, options: dict, info: ValidationInfo) -> dict:
+        """Options are checked against the verifier's own Config, naming the bad key."""
+        from pydantic import ValidationError
+
+        from workbench.registry import get_plugin
+
+        if "verifier" not in info.data:
+            return options  # the verifier itself was rejected
+        try:
+            get_plugin("workbench.verifiers", info.data["verifier"]).Config.model_validate(options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
+                             f"(verifier {info.data['verifier']})") from None
+        return options
+
 
 class BuildConfig(Section):
     dedup_positives: bool = Field(True, description="Drop identical correct responses to the same prompt.")
+    keep_truncated: bool = Field(
+        False, description="Let a correct response cut at max_tokens (finish_reason length) be a positive and a "
+        "DPO chosen. Off by default: its last \\boxed{} may be a mid-thought guess and SFT would teach it to stop "
+        "there; such responses are kept as DPO rejected and counted in stats.json (truncated_correct)."
+    )
     pair_strategy: Literal["random", "first"] = Field(
         "random", description="How a (correct, incorrect) pair is chosen per prompt: random or in sample order."
     )

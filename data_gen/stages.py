@@ -7,6 +7,7 @@ the files of the run-directory layout (see DESIGN.md) into `ctx.out`.
 from __future__ import annotations
 
 import json
+import shutil
 
 import polars as pl
 from rich.console import Console
@@ -21,9 +22,12 @@ from data_gen.builders import (
     build_stats,
     print_stats,
 )
+from data_gen.export import provenance
 from data_gen.prompts import load_prompts
 from data_gen.samplers import render_prompts, resolve_engine, sample
-from data_gen.verifier import verify_frame
+from data_gen.shards import ShardStore
+from data_gen.verifiers import make_verifier, verify_frame
+from workbench.resources import check_disk, samples_bytes
 from workbench.stage import StageContext
 
 console = Console()
@@ -42,12 +46,17 @@ def prompts_stage(ctx: StageContext) -> dict:
 
 
 def generate_stage(ctx: StageContext) -> dict:
-    """Sample generate.n responses per prompt from the base model; write generate/samples.parquet."""
+    """Sample generate.n responses per prompt from the base model; write generate/samples.parquet.
+
+    Finished shards are saved in the stage's in-progress folder as they complete; a rerun after a kill
+    samples only the missing ones (see data_gen/shards.py and `sample`)."""
     cfg = ctx.recipe.generate
     prompts = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet")
     model = str(ctx.base_model)
+    check_disk(ctx.out, [("generate", samples_bytes(len(prompts), cfg.n, cfg.max_tokens))])  # refuse early
     rendered = render_prompts(model, prompts["problem"].to_list(), ctx.recipe.template)
-    completions = sample(model, rendered, cfg, cfg.n, ctx.recipe.run.seed, desc="generate")
+    shards = ShardStore(ctx.out / "shards")  # in the resumable in-progress folder: a killed run keeps them
+    completions = sample(model, rendered, cfg, cfg.n, ctx.recipe.run.seed, desc="generate", shards=shards)
     rows = {k: [] for k in SAMPLE_SCHEMA}
     for pid, comps in zip(prompts["prompt_id"].to_list(), completions):
         for idx, c in enumerate(comps):
@@ -58,12 +67,14 @@ def generate_stage(ctx: StageContext) -> dict:
             rows["finish_reason"].append(c.finish_reason)
     samples = pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
     samples.write_parquet(ctx.out / "samples.parquet")
+    shutil.rmtree(shards.folder, ignore_errors=True)  # scratch: samples.parquet holds them all now
     return {"prompts": len(prompts), "samples": len(samples), "tokens": int(samples["num_tokens"].sum()),
-            "truncated": int((samples["finish_reason"] == "length").sum()), "engine": resolve_engine(cfg)}
+            "truncated": int((samples["finish_reason"] == "length").sum()), "engine": resolve_engine(cfg),
+            "shards": shards.total, "shards_reused": shards.reused, **provenance(model)}
 
 
 def verify_stage(ctx: StageContext) -> dict:
-    """Grade every sample with math-verify (Ray tasks); write verify/verified.parquet."""
+    """Grade every sample with the recipe's verifier (Ray tasks); write verify/verified.parquet."""
     samples = pl.read_parquet(ctx.inputs["generate"] / "samples.parquet")
     answers = pl.read_parquet(ctx.inputs["prompts"] / "prompts.parquet").select("prompt_id", "answer")
     df = samples.join(answers, on="prompt_id", how="left", maintain_order="left")
@@ -75,6 +86,8 @@ def verify_stage(ctx: StageContext) -> dict:
     verified.write_parquet(ctx.out / "verified.parquet")
     counts = {"samples": len(verified), "correct": int(verified["correct"].sum())}
     counts.update({s: int((verified["status"] == s).sum()) for s in ("ok", "no_answer", "timeout", "error")})
+    cfg = ctx.recipe.verify
+    counts.update(verifier=cfg.verifier, verifier_version=make_verifier(cfg.verifier, cfg.options).version())
     return counts
 
 
@@ -85,7 +98,7 @@ def build_stage(ctx: StageContext) -> dict:
         verified = pl.read_parquet(ctx.inputs["verify"] / "verified.parquet")
         positives = build_positives(verified, prompts, ctx.recipe.build)
         pairs = build_pairs(verified, prompts, ctx.recipe.build, ctx.recipe.run.seed)
-        stats = build_stats(verified, positives, pairs)
+        stats = build_stats(verified, positives, pairs, ctx.recipe.build)
     else:  # no sampling in this recipe: only demonstrations and RL prompts
         positives, pairs = pl.DataFrame(schema=POSITIVE_SCHEMA), pl.DataFrame(schema=PAIR_SCHEMA)
         stats = {"samples": 0, "positives": 0, "pairs": 0}

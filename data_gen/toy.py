@@ -23,7 +23,7 @@ EVAL_MODULUS = 10  # one problem in EVAL_MODULUS (by hash) belongs to the evalua
 TOY_BENCHMARKS: dict[str, ToyTaskConfig] = {
     "toy-id": ToyTaskConfig(),  # the training distribution (held-out problems)
     "toy-long": ToyTaskConfig(min_ops=4, max_ops=5),  # longer chains
-    "toy-big": ToyTaskConfig(min_digits=3, max_digits=3),  # larger numbers
+    "toy-big": ToyTaskConfig(min_digits=1, max_digits=3),  # larger numbers: operands up to 999 (training: 99)
 }
 
 

@@ -4,19 +4,23 @@ A `Benchmark` knows where its problems come from (a Hugging Face id, or a local 
 same layout) and how to read the gold answer out of a row. `load()` always returns one frame with
 columns `problem_id`, `problem`, `answer` (the gold answer as text), whatever the source layout was:
 
-    MATH500.load(limit=50)                       # first 50 problems of MATH-500
-    get_benchmark("minerva_math").load("x.jsonl")  # a local copy instead of the hub
+    MATH500.load(limit=50)                       # first 50 problems of MATH-500 (the shipped copy)
+    get_benchmark("minerva_math").load("x.jsonl")  # a local copy of your own
+    MATH500.load("hub")                          # the Hugging Face id, downloaded now
 
 Where the data comes from when no path is given, first match wins:
 1. `$WORKBENCH_BENCHMARKS_DIR/<name>.jsonl`;
-2. `<folder holding the checkout>/shared/benchmarks/<name>.jsonl` (the layout CI and this machine use);
-3. the Hugging Face id (`datasets.load_dataset`), downloaded only then.
+2. the copy shipped inside the package, `evaluators/data/<name>.jsonl`, checked against its sha256 in
+   `SHIPPED_SHA256` on every load (provenance and licenses: evaluators/data/README.md). These are the
+   Qwen2.5-Math harness's copies the paper's authors evaluated on (yongliang-wu/DFT math_evaluation/data/);
+3. the Hugging Face id (`datasets.load_dataset`), downloaded only then; `path="hub"` asks for it.
 
 The objects are registered under the entry-point group `workbench.benchmarks` in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from data_gen.code_tasks import humaneval_style_rows, toy_code_benchmark_rows
 from data_gen.io import last_boxed, read_rows
 
 
@@ -87,11 +92,31 @@ ANSWER_GOLD = field_gold("answer")
 # ---------------------------------------------------------------- the benchmark object
 
 
-def shared_benchmarks_dir() -> Path:
-    """`<folder holding the checkout>/shared/benchmarks` (it may not exist)."""
-    import workbench
+SHIPPED_DIR = Path(__file__).resolve().parent / "data"
+# sha256 of every shipped file: a changed or damaged copy is an error, never silently other problems
+SHIPPED_SHA256 = {
+    "aime24": "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac",
+    "amc23": "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4",
+    "gsm8k": "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394",
+    "math500": "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+    "minerva_math": "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2",
+    "olympiadbench": "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416",
+}
 
-    return Path(workbench.__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+def shipped_path(name: str) -> Path | None:
+    """The verified shipped copy of benchmark `name`, or None when none ships; BenchmarkError when the file
+    is missing from the install or its sha256 differs from the pinned one."""
+    if name not in SHIPPED_SHA256:
+        return None
+    path = SHIPPED_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise BenchmarkError(f"{path}: shipped benchmark file missing (reinstall the package)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_SHA256[name]:
+        raise BenchmarkError(f"{path}: sha256 {digest[:16]}... differs from the pinned "
+                             f"{SHIPPED_SHA256[name][:16]}... (the file was changed or damaged)")
+    return path
 
 
 @dataclass(frozen=True)
@@ -106,24 +131,27 @@ class Benchmark:
     id_field: str | None = None  # a stable id column; row number when None or missing
     gold: Callable[[dict], str] = ANSWER_GOLD
     toy: bool = False  # problems come from data_gen.toy.toy_benchmark(name)
+    verifier: str = "math"  # the registered verifier that grades it (`workbench verifiers`)
+    rows: Callable[[], list[dict]] | None = None  # problems built by the workbench itself (code tasks)
 
     def default_path(self) -> Path | None:
         """The local file used when no path is given (see the module docstring), or None."""
         env = os.environ.get("WORKBENCH_BENCHMARKS_DIR")
-        candidates = ([Path(env) / f"{self.name}.jsonl"] if env else []) + [
-            shared_benchmarks_dir() / f"{self.name}.jsonl"
-        ]
-        return next((p for p in candidates if p.exists()), None)
+        if env and (Path(env) / f"{self.name}.jsonl").exists():
+            return Path(env) / f"{self.name}.jsonl"
+        return shipped_path(self.name)
 
     def _source_rows(self, path: str | None, limit: int | None) -> tuple[list[dict], str]:
-        if path is not None:
+        if path is not None and str(path) != "hub":
             return read_rows(path, BenchmarkError), str(path)
+        if self.rows is not None:
+            return self.rows(), f"built-in benchmark {self.name}"
         if self.toy:
             from data_gen.toy import toy_benchmark
 
             n = max(200, limit or 0)
             return toy_benchmark(self.name, n).to_dicts(), f"toy benchmark {self.name}"
-        local = self.default_path()
+        local = self.default_path() if path is None else None
         if local is not None:
             return read_rows(local, BenchmarkError), str(local)
         if self.hf_id is None:
@@ -170,6 +198,8 @@ GSM8K = Benchmark("gsm8k", "openai/gsm8k", hf_subset="main", problem_field="ques
 TOY_ID = Benchmark("toy-id", toy=True)
 TOY_LONG = Benchmark("toy-long", toy=True)
 TOY_BIG = Benchmark("toy-big", toy=True)
+TOY_CODE = Benchmark("toy-code", rows=toy_code_benchmark_rows, verifier="code")
+HUMANEVAL_STYLE = Benchmark("humaneval-style", rows=humaneval_style_rows, id_field="task_id", verifier="code")
 
 REAL_BENCHMARKS = [MATH500, MINERVA_MATH, OLYMPIADBENCH, AIME24, AMC23, GSM8K]
 

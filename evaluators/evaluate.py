@@ -15,6 +15,7 @@ The per-sample files keep everything needed to recompute any metric without samp
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -75,18 +76,28 @@ def evaluate_model(model: str, benchmarks: list, cfg: EvaluateConfig, template: 
     `verify` sets the grading timeout and Ray chunking (the recipe's `verify` section); default settings
     when omitted.
     """
+    problems = load_benchmarks(benchmark_refs(benchmarks, cfg.limit))
+    return evaluate_problems(model, problems, cfg, template, out_dir, model_name, seed, verify)
+
+
+def evaluate_problems(model: str, problems: dict[str, pl.DataFrame], cfg: EvaluateConfig,
+                      template: TemplateConfig, out_dir: Path, model_name: str, seed: int,
+                      verify: VerifyConfig | None = None, engines: list | None = None) -> pl.DataFrame:
+    """`evaluate_model` on problem frames already loaded: {name: frame of problem_id, problem, answer}
+    (e.g. the validation split of a sweep, which is no registered benchmark). `engines`: running engine
+    actors holding this model (`data_gen.samplers.start_engines`), reused instead of starting new ones."""
     from data_gen.samplers import render_prompts, sample
-    from data_gen.verifier import verify_frame
+    from data_gen.verifiers.frame import verify_benchmarks
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    refs = benchmark_refs(benchmarks, cfg.limit)
-    problems = load_benchmarks(refs)
 
     # One sampling call for all benchmarks: the engine starts once for this model.
     all_problems = pl.concat([df.with_columns(pl.lit(name).alias("benchmark")) for name, df in problems.items()])
     prompts = render_prompts(model, all_problems["problem"].to_list(), template)
-    completions = sample(model, prompts, cfg, n=cfg.k, seed=seed, desc=f"evaluate {model_name}")
+    shards = eval_shards(out_dir, model, prompts, cfg, seed)  # a killed evaluation resumes from these
+    completions = sample(model, prompts, cfg, n=cfg.k, seed=seed, desc=f"evaluate {model_name}",
+                         engines=engines, shards=shards)
 
     rows = {"benchmark": [], "problem_id": [], "sample_idx": [], "response": [], "num_tokens": [],
             "finish_reason": [], "answer": []}
@@ -99,15 +110,29 @@ def evaluate_model(model: str, benchmarks: list, cfg: EvaluateConfig, template: 
             rows["num_tokens"].append(int(c.num_tokens))
             rows["finish_reason"].append(c.finish_reason)
             rows["answer"].append(problem["answer"])
-    graded = verify_frame(pl.DataFrame(rows, schema_overrides={"sample_idx": pl.Int64, "num_tokens": pl.Int64}),
-                          verify or VerifyConfig())
+    frame = pl.DataFrame(rows, schema_overrides={"sample_idx": pl.Int64, "num_tokens": pl.Int64})
+    graded = verify_benchmarks(frame, verify or VerifyConfig())  # each benchmark with the verifier it names
 
     for name in problems:
         per_sample = graded.filter(pl.col("benchmark") == name).select(SAMPLE_COLUMNS)
         per_sample.write_parquet(out_dir / f"{name}.parquet")
     summary = summarize_folder(out_dir, model_name, list(problems), cfg.k, cfg.bootstrap_samples, seed)
     summary.write_parquet(out_dir / "summary.parquet")
+    shutil.rmtree(shards.folder, ignore_errors=True)  # scratch: the per-sample files hold every response
     return summary
+
+
+def eval_shards(out_dir: Path, model: str, prompts: list[str], cfg: EvaluateConfig, seed: int):
+    """The sampling shards of one evaluation, in a folder named by what they depend on (the model's content,
+    the rendered prompts, the sampling settings, the seed), so a rerun into the same folder -- a killed
+    eval stage, or `workbench evaluate --out DIR` again -- reuses only shards of this very evaluation."""
+    from data_gen.shards import ShardStore
+    from workbench.models import model_fingerprint
+    from workbench.rundir import stable_hash
+
+    identity = model_fingerprint(model) if Path(model).is_dir() else model
+    key = stable_hash([identity, prompts, cfg.model_dump(mode="json"), seed])
+    return ShardStore(Path(out_dir) / f".shards-{key}")
 
 
 def evaluate_standalone(model: str, benchmarks: list[str], k: int, out: Path, limit: int | None = None,

@@ -1,22 +1,33 @@
 """The Table 2 report: one row per method (base, then every train entry), Average@k per benchmark.
 
-Inputs are eval summaries (`eval/<method>/summary.parquet`, fractions) and per-method costs; outputs:
+Inputs are, per method and seed, an eval folder (`summary.parquet`, fractions, and the per-sample
+`<benchmark>.parquet` files) and per-method costs; outputs:
 
-    table2.csv   method, <benchmark> ... (percent), average        accuracies only
-    table2.md    the same with 95% intervals, the costs, and the paper's numbers when asked for
-    table2.png   grouped bars per benchmark, one bar per method, with the 95% interval as whiskers
-    costs.csv    method, samples_generated, train_tokens, steps, train_wall_s, generate_wall_s
+    table2.csv        method, <benchmark> ... (percent, mean over seeds), average     accuracies only
+    table2_seeds.csv  method, seed, benchmark, avg_at_k, ci_low, ci_high (percent)     every seed's numbers
+    significance.csv  method, reference, benchmark, difference, ci_low, ci_high, p_value, p_permutation,
+                      p_holm, significant, seeds, n_problems (differences in points of percent)
+    table2.md         the table with 95% intervals and significance marks, the costs, the paper's numbers
+    table2.png        grouped bars per benchmark, one bar per method, with the 95% interval as whiskers
+    costs.csv         method, samples_generated, train_tokens, steps, train_wall_s, generate_wall_s
 
-`average` is the plain mean of the benchmark columns, as in the paper.
+`average` is the plain mean of the benchmark columns, as in the paper. With one seed a cell's interval is
+the evaluator's bootstrap over problems; with several it is the hierarchical bootstrap over seeds, then
+problems (evaluators/stats.py), so it includes the training-seed variance. Every method is compared with
+`report.reference` (default dft) on the same problems and seeds: the paired difference, its hierarchical
+interval and two-sided p-value; a cell is marked when the Holm-adjusted p-value over all the comparisons
+is below `report.alpha`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from evaluators.paper import PAPER_BENCHMARKS, paper_row
+from evaluators.stats import holm, paired_bootstrap, paired_permutation_test, seed_mean_interval
 
 COST_SCHEMA = {"method": pl.Utf8, "samples_generated": pl.Int64, "train_tokens": pl.Int64, "steps": pl.Int64,
                "train_wall_s": pl.Float64, "generate_wall_s": pl.Float64}
@@ -51,8 +62,10 @@ def _md(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[s
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def render_table(table: pl.DataFrame, cis: dict | None = None, k: int | None = None) -> str:
-    """The accuracy table as markdown; with `cis`, each cell also shows its 95% interval."""
+def render_table(table: pl.DataFrame, cis: dict | None = None, k: int | None = None, marks: set | None = None,
+                 note: str | None = None) -> str:
+    """The accuracy table as markdown; with `cis`, each cell also shows its 95% interval; cells whose
+    (method, benchmark) is in `marks` get a `*`; `note` replaces the line under the table's title."""
     benchmarks = [c for c in table.columns if c not in ("method", "average")]
     title = f"Average@{k} (%)" if k else "Average@k (%)"
     rows = []
@@ -63,10 +76,10 @@ def render_table(table: pl.DataFrame, cis: dict | None = None, k: int | None = N
             if cis and (r["method"], b) in cis:
                 low, high = cis[(r["method"], b)]
                 cell += f" [{low:.1f}, {high:.1f}]"
-            cells.append(cell)
+            cells.append(cell + (" *" if marks and (r["method"], b) in marks else ""))
         rows.append(cells + [f"{r['average']:.2f}"])
-    return "\n".join([f"**{title}**, 95% bootstrap interval over problems in brackets" if cis else
-                      f"**{title}**", ""] + _md(["method", *benchmarks, "average"], rows))
+    head = note or (f"**{title}**, 95% bootstrap interval over problems in brackets" if cis else f"**{title}**")
+    return "\n".join([head, ""] + _md(["method", *benchmarks, "average"], rows))
 
 
 def render_costs(costs: pl.DataFrame) -> str:
@@ -122,18 +135,131 @@ def plot_table(table: pl.DataFrame, cis: dict, path: Path, k: int | None = None)
     plt.close(fig)
 
 
-def write_report(out: Path, summaries: dict[str, pl.DataFrame], costs: pl.DataFrame | None = None,
+def problem_scores(folder: Path, benchmark: str) -> pl.DataFrame:
+    """Per problem of one eval folder's benchmark: problem_id, score (share of its k samples correct)."""
+    path = Path(folder) / f"{benchmark}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"report: {path} is missing (the per-sample file of that evaluation)")
+    return pl.read_parquet(path, columns=["problem_id", "correct"]).group_by("problem_id").agg(
+        pl.col("correct").cast(pl.Float64).mean().alias("score")).sort("problem_id")
+
+
+def score_matrices(evals: dict[str, dict[int, Path]], benchmarks: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    """{(method, benchmark): scores[seed, problem]}, problems in one order shared by every method and seed."""
+    out, ids = {}, {}
+    for method, by_seed in evals.items():
+        for b in benchmarks:
+            rows = []
+            for seed, folder in by_seed.items():
+                frame = problem_scores(folder, b)
+                ids.setdefault(b, frame["problem_id"].to_list())
+                if frame["problem_id"].to_list() != ids[b]:
+                    raise ValueError(f"report: {folder}/{b}.parquet holds other problems than the other methods' "
+                                     f"(seed {seed}); paired comparisons need the same problems")
+                rows.append(frame["score"].to_numpy())
+            out[(method, b)] = np.stack(rows)
+    return out
+
+
+SIGNIFICANCE_SCHEMA = {"method": pl.Utf8, "reference": pl.Utf8, "benchmark": pl.Utf8, "difference": pl.Float64,
+                       "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64,
+                       "p_permutation": pl.Float64, "p_holm": pl.Float64, "significant": pl.Boolean,
+                       "seeds": pl.Int64, "n_problems": pl.Int64}
+
+
+def significance(matrices: dict, methods: list[str], benchmarks: list[str], reference: str, alpha: float = 0.05,
+                 samples: int = 2000) -> pl.DataFrame:
+    """Every method against `reference` per benchmark (percent points; see the module docstring)."""
+    rows = []
+    for method in methods:
+        if method == reference:
+            continue
+        for b in benchmarks:
+            a, ref = matrices[(method, b)], matrices[(reference, b)]
+            boot = paired_bootstrap(a, ref, samples=samples)
+            rows.append({"method": method, "reference": reference, "benchmark": b,
+                         "difference": 100 * boot["difference"], "ci_low": 100 * boot["low"],
+                         "ci_high": 100 * boot["high"], "p_value": boot["p_value"],
+                         "p_permutation": paired_permutation_test(a, ref, samples=samples),
+                         "seeds": a.shape[0], "n_problems": a.shape[1]})
+    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows])):
+        row["p_holm"] = adjusted
+        row["significant"] = adjusted < alpha
+    return pl.DataFrame(rows, schema=SIGNIFICANCE_SCHEMA)
+
+
+def render_significance(sig: pl.DataFrame, alpha: float) -> str:
+    rows = [[r["method"], r["benchmark"], f"{r['difference']:+.2f}", f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]",
+             f"{r['p_value']:.4f}", f"{r['p_holm']:.4f}", "yes" if r["significant"] else "no"]
+            for r in sig.iter_rows(named=True)]
+    ref = sig["reference"][0]
+    head = (f"**Each method minus {ref}** (points of Average@k; paired over the same problems and seeds; "
+            f"hierarchical bootstrap interval and two-sided p-value; significant: Holm-adjusted "
+            f"p < {alpha} over these {sig.height} comparisons)")
+    return "\n".join([head, ""] + _md(
+        ["method", "benchmark", "difference", "95% interval", "p", "p (Holm)", "significant"], rows, right_from=2))
+
+
+def render_tuning(tuning: pl.DataFrame) -> str:
+    rows = [[r["method"], str(r["trials"]), r["chosen"] if r["chosen"] != "{}" else "(recipe values)",
+             "-" if r["validation_avg_at_k"] is None else f"{r['validation_avg_at_k']:.2f}"]
+            for r in tuning.iter_rows(named=True)]
+    head = "**Tuning** (trials per method on the validation split; the chosen values trained every seed)"
+    return "\n".join([head, ""] + _md(["method", "trials", "chosen values", "validation Average@k"], rows))
+
+
+def _seed_rows(summaries: dict[str, dict[int, pl.DataFrame]]) -> pl.DataFrame:
+    rows = [{"method": m, "seed": seed, "benchmark": r["benchmark"], "avg_at_k": 100 * r["avg_at_k"],
+             "ci_low": 100 * r["ci_low"], "ci_high": 100 * r["ci_high"]}
+            for m, by_seed in summaries.items() for seed, s in by_seed.items() for r in s.iter_rows(named=True)]
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "seed": pl.Int64, "benchmark": pl.Utf8,
+                                      "avg_at_k": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+
+
+def write_report(out: Path, evals: dict[str, dict[int, Path]], costs: pl.DataFrame | None = None,
                  benchmarks: list[str] | None = None, paper: str | None = None, plot: bool = True,
-                 algorithms: dict[str, str] | None = None) -> pl.DataFrame:
-    """Write table2.csv / .md / .png and costs.csv into `out`; returns the accuracy table."""
+                 algorithms: dict[str, str] | None = None, reference: str | None = "dft", alpha: float = 0.05,
+                 tuning: pl.DataFrame | None = None, bootstrap_samples: int = 2000) -> pl.DataFrame:
+    """Write the report files (module docstring) into `out` from `evals` = {method: {seed: eval folder}}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(summaries, benchmarks)
-    cis = intervals(summaries)
-    ks = {int(k) for s in summaries.values() for k in s["k"].to_list()}
+    summaries = {m: {seed: pl.read_parquet(Path(f) / "summary.parquet") for seed, f in by_seed.items()}
+                 for m, by_seed in evals.items()}
+    seed_rows = _seed_rows(summaries)
+    seed_rows.write_csv(out / "table2_seeds.csv")
+    means = {m: seed_rows.filter(pl.col("method") == m).group_by("benchmark", maintain_order=True).agg(
+        (pl.col("avg_at_k").mean() / 100).alias("avg_at_k")) for m in evals}
+    table = build_table(means, benchmarks)
+    benchmarks = [c for c in table.columns if c not in ("method", "average")]
+    n_seeds = max(len(by_seed) for by_seed in evals.values())
+    matrices = score_matrices(evals, benchmarks)
+    if n_seeds == 1:
+        cis = intervals({m: next(iter(by_seed.values())) for m, by_seed in summaries.items()})
+        note = None
+    else:
+        cis = {}
+        for (m, b), scores in matrices.items():
+            ci = seed_mean_interval(scores, samples=bootstrap_samples)
+            cis[(m, b)] = (100 * ci["low"], 100 * ci["high"])
+        note = f"mean over {n_seeds} seeds; 95% hierarchical bootstrap interval (seeds, then problems) in brackets"
+    ks = {int(k) for by_seed in summaries.values() for s in by_seed.values() for k in s["k"].to_list()}
     k = ks.pop() if len(ks) == 1 else None
     table.write_csv(out / "table2.csv")
-    parts = [render_table(table, cis, k)]
+    marks, extra_parts = set(), []
+    if reference in evals:
+        sig = significance(matrices, list(evals), benchmarks, reference, alpha, bootstrap_samples)
+        sig.write_csv(out / "significance.csv")
+        marks = {(r["method"], r["benchmark"]) for r in sig.iter_rows(named=True) if r["significant"]}
+        note = (note or "95% bootstrap interval over problems in brackets") + \
+            f"; * differs from {reference} (Holm-adjusted p < {alpha}, table below)"
+        extra_parts.append(render_significance(sig, alpha))
+    elif reference:
+        extra_parts.append(f"No row named {reference!r}: no significance tests (set report.reference to a row).")
+    title = f"**Average@{k} (%)**" if k else "**Average@k (%)**"
+    parts = [render_table(table, cis, k, marks, f"{title}, {note}" if note else None), *extra_parts]
+    if tuning is not None:
+        tuning.write_csv(out / "tuning.csv")
+        parts.append(render_tuning(tuning))
     if costs is not None:
         costs = pl.DataFrame(costs, schema=COST_SCHEMA)
         costs.write_csv(out / "costs.csv")

@@ -1,4 +1,4 @@
-"""Benchmark registry and gold-answer extraction on the real test-set files in ../shared/benchmarks/."""
+"""Benchmark registry and gold-answer extraction on the real test sets shipped in evaluators/data/."""
 
 import json
 
@@ -12,17 +12,16 @@ from evaluators.benchmarks import (
     MINERVA_MATH,
     OLYMPIADBENCH,
     REAL_BENCHMARKS,
+    SHIPPED_DIR,
+    SHIPPED_SHA256,
     TOY_ID,
     Benchmark,
     BenchmarkError,
     olympiad_gold,
-    shared_benchmarks_dir,
 )
 from workbench.registry import get_benchmark
 
-SHARED = shared_benchmarks_dir()
-needs_files = pytest.mark.skipif(not (SHARED / "math500.jsonl").is_file(),
-                                 reason=f"benchmark files not found in {SHARED}")
+SHARED = SHIPPED_DIR
 
 
 def test_registry_has_every_benchmark():
@@ -39,7 +38,6 @@ def test_olympiad_gold_joins_answers_and_strips_dollars():
     assert gold({"final_answer": ["$166$"], "unit": "$cm^2$"}) == "166"
 
 
-@needs_files
 @pytest.mark.parametrize("bench", REAL_BENCHMARKS, ids=lambda b: b.name)
 def test_every_problem_has_a_gold_answer(bench):
     path = SHARED / f"{bench.name}.jsonl"
@@ -52,7 +50,6 @@ def test_every_problem_has_a_gold_answer(bench):
     assert (df["problem"].str.len_chars() > 0).all()
 
 
-@needs_files
 def test_specific_layouts():
     assert AMC23.load(str(SHARED / "amc23.jsonl"))["answer"][0] == "27"  # stored as 27.0
     assert GSM8K.load(str(SHARED / "gsm8k.jsonl"))["answer"][:3].to_list() == ["18", "3", "70000"]
@@ -61,12 +58,11 @@ def test_specific_layouts():
     assert "$" not in "".join(olympiad["answer"].to_list())
 
 
-@needs_files
 def test_default_source_and_limit(monkeypatch, tmp_path):
     monkeypatch.delenv("WORKBENCH_BENCHMARKS_DIR", raising=False)
     assert MATH500.default_path() == SHARED / "math500.jsonl"
     assert MATH500.load(limit=7).height == 7
-    # the env var wins over shared/
+    # the env var wins over the shipped copy
     (tmp_path / "math500.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
     monkeypatch.setenv("WORKBENCH_BENCHMARKS_DIR", str(tmp_path))
     df = MATH500.load()
@@ -92,7 +88,6 @@ def test_toy_benchmark_loads():
     assert TOY_ID.load(limit=5).equals(df)  # deterministic
 
 
-@needs_files
 @pytest.mark.parametrize("bench", [MATH500, MINERVA_MATH], ids=lambda b: b.name)
 def test_reference_solutions_grade_correct(bench):
     verifier = pytest.importorskip("data_gen.verifier")
@@ -101,3 +96,36 @@ def test_reference_solutions_grade_correct(bench):
     grades = verifier.grade_many([r["solution"] for r in rows], df["answer"].to_list(), timeout_s=5.0)
     share = sum(g.correct for g in grades) / len(grades)
     assert share >= 0.99, f"{bench.name}: only {share:.1%} of reference solutions grade correct"
+
+
+def test_every_paper_benchmark_ships_pinned():
+    """The six sets ship inside the package with their pinned sha256 (no ../shared, no hub needed)."""
+    import hashlib
+
+    assert set(SHIPPED_SHA256) == {b.name for b in REAL_BENCHMARKS}
+    for name, digest in SHIPPED_SHA256.items():
+        assert hashlib.sha256((SHIPPED_DIR / f"{name}.jsonl").read_bytes()).hexdigest() == digest, name
+    assert [b.load().height for b in REAL_BENCHMARKS] == [500, 272, 675, 30, 40, 1319]
+
+
+def test_changed_shipped_file_is_an_error(monkeypatch, tmp_path):
+    import evaluators.benchmarks as bm
+
+    monkeypatch.delenv("WORKBENCH_BENCHMARKS_DIR", raising=False)
+    text = (SHIPPED_DIR / "amc23.jsonl").read_text()
+    (tmp_path / "amc23.jsonl").write_text(text.replace("27.0", "28.0", 1))
+    monkeypatch.setattr(bm, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(BenchmarkError, match=r"amc23.jsonl: sha256 .* differs from the pinned"):
+        AMC23.load()
+    with pytest.raises(BenchmarkError, match="shipped benchmark file missing"):
+        MATH500.load()
+
+
+def test_hub_path_asks_the_hub(monkeypatch):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or [
+        {"problem": "p", "answer": "1", "unique_id": "u"}])
+    assert MATH500.load("hub")["problem_id"].to_list() == ["math500/u"]
+    assert calls == [(("HuggingFaceH4/MATH-500", None), {"split": "test"})]

@@ -81,3 +81,23 @@ def test_rl_prompts_demonstrations_and_stats(capsys):
     assert stats["positives"] == 5 and stats["pairs"] == 2
     print_stats(stats)
     assert "pass@1" in capsys.readouterr().out
+
+
+def test_truncated_correct_is_no_positive_nor_chosen():
+    """A correct response cut at max_tokens ("y" of prompt b) is excluded from positives and chosen, kept as a
+    rejected, counted in stats; keep_truncated restores the old behaviour."""
+    v = verified().with_columns(
+        pl.when((pl.col("prompt_id") == "b") & (pl.col("response") == "y")).then(pl.lit("length"))
+        .otherwise(pl.col("finish_reason")).alias("finish_reason"))
+    pos = build_positives(v, PROMPTS, BuildConfig())
+    assert pos.filter(pl.col("prompt_id") == "b")["response"].to_list() == ["x"]
+    pairs = build_pairs(v, PROMPTS, BuildConfig(), 0)
+    assert pairs.filter(pl.col("prompt_id") == "b").select("chosen", "rejected").rows() == [("x", "y")]
+    assert "y" not in pairs["chosen"].to_list()
+    stats = build_stats(v, pos, pairs, BuildConfig())
+    assert (stats["truncated"], stats["truncated_correct"], stats["truncated_kept"]) == (1, 1, False)
+    assert stats["prompts_without_pairs"]["all_correct"] == 0
+    keep = BuildConfig(keep_truncated=True)
+    assert build_positives(v, PROMPTS, keep).filter(pl.col("prompt_id") == "b")["response"].to_list() == ["x", "y"]
+    assert "b" not in build_pairs(v, PROMPTS, keep, 0)["prompt_id"].to_list()
+    assert build_stats(v, pos, pairs, keep)["truncated_kept"] is True

@@ -49,3 +49,107 @@ def test_grpo_reward_rises_on_toy_task(tmp_path):
 GRPO_LR = 1e-3
 GRPO_STEPS = 25
 N_PROMPTS = 16  # a small fixed prompt set, revisited every few steps: the tiny toy model learns it within the test
+
+
+# ---------------------------------------------------------------- paper fidelity (issue 10)
+
+
+def _toy_job(tmp_path, n_prompts=4):
+    from data_gen.config import ToyTaskConfig
+    from data_gen.toy import toy_prompts
+    from workbench.models import resolve_model, toy_template
+    from workbench.trainers.base import TrainJob
+
+    data = toy_prompts(ToyTaskConfig(min_ops=2, max_ops=2, max_digits=1), n_prompts, seed=0)
+    return TrainJob(base_model=resolve_model("toy:arith"), data=data, template=toy_template(),
+                    out_dir=tmp_path / "grpo", seed=0)
+
+
+def test_bf16_step_at_lr_1e6_changes_weights(tmp_path):
+    """bf16: true is autocast over float32 master weights: one step at lr 1e-6 moves most decoder weights of
+    a bfloat16 checkpoint (as Qwen2.5-Math's is); with bf16 weights the ~1e-6 AdamW update rounds away."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    job = _toy_job(tmp_path)
+    bf16_base = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.bfloat16).save_pretrained(bf16_base)
+    AutoTokenizer.from_pretrained(job.base_model).save_pretrained(bf16_base)
+    job.base_model = bf16_base
+    cfg = GRPOConfig(learning_rate=1e-6, beta=0.0, num_generations=8, batch_size=32, per_device_batch_size=32,
+                     max_steps=1, max_completion_length=40, bf16=True, warmup_ratio=0.0)
+    result = GRPOTrainerPlugin().train(job, cfg)
+    assert result.extra["mixed_precision"] == "bf16" and result.extra["master_dtype"] == "torch.float32"
+    row = json.loads(job.metrics_path.read_text().splitlines()[0])
+    assert row["grad_norm"] > 0, row  # the rewards differed within a group: there was a gradient
+    before = load_file(str(bf16_base / "model.safetensors"))
+    after = load_file(str(job.model_dir / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert after[name].dtype == torch.float32
+    assert before[name].dtype == torch.bfloat16
+    changed = (after[name] != before[name].float()).float().mean().item()
+    assert changed > 0.5, changed
+
+
+def test_warmup_ratio_is_a_ratio(tmp_path):
+    """warmup_ratio 1.0 warms up over every step (transformers reads warmup_steps >= 1 as a step count)."""
+    from workbench.trainers.grpo import trl_args
+
+    job = _toy_job(tmp_path)
+    for ratio, steps in ((1.0, 100), (0.1, 10), (0.0, 0)):
+        args = trl_args(job, GRPOConfig(warmup_ratio=ratio, batch_size=16, num_generations=8), [0], on_gpu=False)
+        assert args.get_warmup_steps(100) == steps, ratio
+
+
+def test_rollouts_stop_at_end_of_turn(tmp_path):
+    """TRL's rollouts stop on the chat template's <|im_end|> though the generation config names only
+    <|endoftext|>: the always-<|im_end|> model's completions are one token long, not max_completion_length."""
+    import polars as pl
+    from stop_token_model import save_always_token_model
+
+    from workbench.template import TemplateConfig
+    from workbench.trainers.base import TrainJob
+
+    torch.set_num_threads(1)
+    base = save_always_token_model(tmp_path / "base")
+    data = pl.DataFrame({"prompt_id": ["a", "b"], "problem": ["1+1", "2+2"], "answer": ["2", "4"]})
+    job = TrainJob(base_model=base, data=data, template=TemplateConfig(), out_dir=tmp_path / "grpo", seed=0)
+    cfg = GRPOConfig(beta=0.0, num_generations=2, batch_size=4, per_device_batch_size=4, max_steps=1,
+                     max_completion_length=8)
+    result = GRPOTrainerPlugin().train(job, cfg)
+    row = json.loads(job.metrics_path.read_text().splitlines()[0])
+    assert row["response_length"] == 1.0 and row["truncated"] == 0.0, row
+    assert result.extra["stop_token_ids"] == [0, 2]  # <|endoftext|>, <|im_end|>
+    saved = json.loads((job.model_dir / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == 0  # the checkpoint keeps the base model's generation config
+
+
+def test_batch_sizes_count_completions_as_verl_example(tmp_path):
+    """verl's GRPO math example: ppo_mini_batch_size 256 prompts x n 5 per optimizer step, 1024 prompts per
+    rollout: 1280 completions per step here, one rollout feeding 4 steps."""
+    from workbench.trainers.grpo import trl_args
+
+    job = _toy_job(tmp_path)
+    cfg = GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=1024, per_device_batch_size=16)
+    args = trl_args(job, cfg, [0], on_gpu=False)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 1280
+    assert args.steps_per_generation == 4 * args.gradient_accumulation_steps
+    assert args.generation_batch_size == 1024 * 5
+    on_policy = trl_args(job, GRPOConfig(batch_size=1280, per_device_batch_size=16), [0], on_gpu=False)
+    assert on_policy.generation_batch_size == 1280
+    with pytest.raises(ValueError, match="rollout_batch_size"):
+        GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=100)
+
+
+def test_max_length_leaves_out_long_prompts():
+    """max_length caps prompt + response: prompts over max_length - max_completion_length tokens are left out
+    and counted (verl's filter_overlong_prompts); no room for a prompt is a config error."""
+    from workbench.toy_model import build_byte_tokenizer
+    from workbench.trainers.grpo import fit_prompts
+
+    tok = build_byte_tokenizer()  # one token per byte
+    kept, answers, dropped = fit_prompts(tok, ["abc", "abcdefgh", "ab"], ["1", "2", "3"], 4)
+    assert (kept, answers, dropped) == (["abc", "ab"], ["1", "3"], 1)
+    with pytest.raises(ValueError, match="max_length"):
+        GRPOConfig(max_length=1024, max_completion_length=1024)

@@ -84,3 +84,31 @@ def test_smollm2_conversion_loads_and_answers():
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**enc, max_new_tokens=16, do_sample=False)
     assert "5" in tok.decode(out[0, enc["input_ids"].shape[1] :])
+
+
+def test_shipped_toy_model_is_resolved_and_its_fingerprint_checked(tmp_path, monkeypatch):
+    import json
+    import shutil
+    from pathlib import Path
+
+    path = Path(resolve_model("toy:arith"))
+    assert path == models.ASSETS / "toy-arith"  # the same bits on every machine, nothing is built
+    assert model_fingerprint(str(path)) == models.SHIPPED_TOY_MODELS["arith"]
+    info = json.loads((path / "toy_build.json").read_text())
+    arch, pre, task = models.TOY_MODELS["arith"]
+    assert (info["arch"], info["pretrain"], info["task"]) == (arch.model_dump(), pre.model_dump(), task.model_dump())  # what the builder rebuilds
+    assert (path / "model.safetensors").stat().st_size < 2 * 2**20
+    assert models.toy_identity("toy:arith") == f"toy:arith@{models.SHIPPED_TOY_MODELS['arith']}"
+    copy = tmp_path / "toy-arith"
+    shutil.copytree(path, copy)
+    monkeypatch.setattr(models, "ASSETS", tmp_path)
+    assert resolve_model("toy:arith") == str(copy)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # one flipped bit
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ValueError, match="fingerprint [0-9a-f]{16}, expected") as err:
+        resolve_model("toy:arith")
+    assert "\n" not in str(err.value)
+    (copy / "config.json").unlink()
+    with pytest.raises(ValueError, match="shipped toy model is missing"):
+        resolve_model("toy:arith")

@@ -145,3 +145,40 @@ def test_recipe_ray_address_joins_a_separately_started_head(stages, model_dir, t
         except ProcessLookupError:
             pass
         head.wait(timeout=90)
+
+
+def test_seeds_plan_data_once_and_train_eval_per_seed(tmp_path):
+    import copy
+
+    from workbench.cli import with_seeds
+    from workbench.pipeline import plan
+
+    train = {"train": [{"name": "dft", "algorithm": "dft"}, {"name": "rft", "algorithm": "rft"}]}
+    data = {"run": {"name": "t", "out_dir": str(tmp_path)}, "model": "toy:arith", **train}  # planning only
+    stages = {s.name: s for s in plan(parse_recipe(copy.deepcopy(data), "t.yaml", with_seeds([], "0,1,2")))}
+    data_stages = ["prompts", "generate", "verify", "build"]
+    per_seed = [f"{kind}/{m}@s{s}" for kind, ms in [("train", ["dft", "rft"]), ("eval", ["base", "dft", "rft"])]
+                for m in ms for s in (0, 1, 2)]
+    assert sorted(stages) == sorted([*data_stages, *per_seed, "report"])
+    assert stages["eval/dft@s2"].deps == ["train/dft@s2"] and stages["train/dft@s2"].deps == ["build"]
+    assert [stages[f"train/dft@s{s}"].config["seed"] for s in (0, 1, 2)] == [0, 1, 2]
+    assert len({stages[f"eval/base@s{s}"].input_hash for s in (0, 1, 2)}) == 3
+    assert set(per_seed) <= set(stages["report"].deps)
+    # one seed keeps a single run's stage names and hashes, so existing runs stay cached
+    one = {s.name: s.input_hash for s in plan(parse_recipe(copy.deepcopy(data), "t.yaml"))}
+    assert one == {s.name: s.input_hash for s in plan(parse_recipe(data, "t.yaml", ["run.seeds=[0]"]))}
+    assert "train/dft" in one and "eval/base" in one and not any("@s" in name for name in one)
+    assert one["build"] == stages["build"].input_hash  # the data is the same whatever the seeds
+
+
+def test_damaged_output_reruns_its_stage_and_dependants_naming_the_file(stages, model_dir, tmp_path, capsys):
+    from test_rundir import corrupt, delete, truncate
+
+    Pipeline(recipe(model_dir, tmp_path)).run()
+    for damage in (corrupt, truncate, delete):
+        stages.clear()
+        target = tmp_path / "t" / "generate" / "generate.txt"
+        damage(target)
+        Pipeline(recipe(model_dir, tmp_path)).run()
+        assert stages == ["generate", "verify", "build", "report"], damage.__name__
+        assert f"generate runs again: {target}" in " ".join(capsys.readouterr().out.split())

@@ -6,7 +6,17 @@ import math
 import pytest
 import torch
 
-from workbench.trainers.ppo import PPOConfig, PPOTrainerPlugin, compute_gae, policy_loss, value_loss, whiten
+from workbench.trainers import ppo
+from workbench.trainers.ppo import (
+    PPOConfig,
+    PPOTrainerPlugin,
+    compute_gae,
+    kl_estimate,
+    policy_loss,
+    response_logprobs,
+    value_loss,
+    whiten,
+)
 
 
 def test_gae_hand_computed():
@@ -55,8 +65,40 @@ def test_clipped_value_loss_hand_computed():
 
 def test_config_defaults_follow_verl():
     cfg = PPOConfig()
-    assert (cfg.learning_rate, cfg.critic_learning_rate, cfg.kl_coef) == (1e-6, 1e-5, 0.001)
-    assert (cfg.gamma, cfg.lam, cfg.clip_ratio) == (1.0, 0.95, 0.2)
+    assert (cfg.learning_rate, cfg.critic_learning_rate, cfg.weight_decay) == (1e-6, 1e-5, 0.01)
+    assert cfg.kl_coef == 0.001
+    assert (cfg.gamma, cfg.lam, cfg.clip_ratio, cfg.value_clip) == (1.0, 1.0, 0.2, 0.5)
+    assert not cfg.kl_in_reward and cfg.gradient_checkpointing
+
+
+def test_kl_estimates_hand_computed():
+    logp, ref = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.2)])
+    assert torch.allclose(kl_estimate(logp, ref, "k1"), torch.tensor([math.log(2.0), 0.0]))
+    # k3 = exp(ref - logp) - (ref - logp) - 1: 0.5 + ln 2 - 1
+    assert torch.allclose(kl_estimate(logp, ref, "k3"), torch.tensor([math.log(2.0) - 0.5, 0.0]))
+
+
+def test_chunked_response_logprobs_equal_full_log_softmax():
+    """Values and gradients equal the full-vocabulary log_softmax path, chunked down to 3 positions."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("toy:arith"), dtype=torch.float32)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 250, (2, 12))
+    attn, pos = torch.ones_like(ids), torch.arange(12).expand(2, 12)
+    resp = ids[:, -7:]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -8:-1] / 0.7
+    full = torch.log_softmax(logits, -1)
+    want_logp = full.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+    want_ent = -(full.exp() * full).sum(-1)
+    want_grad = torch.autograd.grad((want_logp + want_ent).sum(), model.model.layers[0].mlp.up_proj.weight)[0]
+    logp, ent = response_logprobs(model, ids, attn, pos, resp, 0.7, chunk_tokens=6, with_entropy=True)
+    assert torch.allclose(logp, want_logp, atol=1e-5) and torch.allclose(ent, want_ent, atol=1e-5)
+    grad = torch.autograd.grad((logp + ent).sum(), model.model.layers[0].mlp.up_proj.weight)[0]
+    assert torch.allclose(grad, want_grad, atol=1e-5)
+    assert response_logprobs(model, ids, attn, pos, resp)[1] is None  # no entropy graph unless asked
 
 
 def test_bad_data_is_named(tmp_path):
@@ -97,7 +139,7 @@ def test_ppo_reward_rises_on_toy_task(tmp_path):
     job = TrainJob(base_model=base, data=data, template=toy_template(), out_dir=tmp_path / "ppo", seed=0)
     cfg = PPOConfig(learning_rate=PPO_LR, critic_learning_rate=1e-3, kl_coef=0.01, rollout_batch_size=16,
                     samples_per_prompt=4, batch_size=32, per_device_batch_size=32, ppo_epochs=2,
-                    max_steps=PPO_STEPS, max_completion_length=40)
+                    max_steps=PPO_STEPS, max_completion_length=40, rollout_engine="hf")  # vLLM: test_rollout.py
     result = PPOTrainerPlugin().train(job, cfg)
     rows = [json.loads(line) for line in job.metrics_path.read_text().splitlines()]
     assert result.steps == PPO_STEPS and len(rows) == PPO_STEPS and result.train_tokens > 0
@@ -108,6 +150,66 @@ def test_ppo_reward_rises_on_toy_task(tmp_path):
     print("ppo rewards", [round(r, 2) for r in rewards])
     assert last > min(first + 0.1, 0.9), rewards  # a clear rise (capped: a better toy model starts higher)
     assert (job.model_dir / "config.json").exists()
+
+
+def _toy_job(tmp_path, n_prompts=8):
+    from data_gen.config import ToyTaskConfig
+    from data_gen.toy import toy_prompts
+    from workbench.models import resolve_model, toy_template
+    from workbench.trainers.base import TrainJob
+
+    data = toy_prompts(ToyTaskConfig(min_ops=2, max_ops=2, max_digits=1), n_prompts, seed=0)
+    return TrainJob(base_model=resolve_model("toy:arith"), data=data, template=toy_template(), out_dir=tmp_path)
+
+
+def test_ppo_trains_on_the_sampled_token_ids(tmp_path, monkeypatch):
+    """The engine's token ids go into the batch as they are, even when its text says something else (a
+    re-tokenised text would differ), and the update runs with gradient checkpointing active."""
+    from workbench.trainers.rollout import HFRollout
+
+    sampled, batched, checkpointed = [], [], []
+
+    class Engine(HFRollout):
+        def generate(self, *args):
+            rows = super().generate(*args)
+            for row in rows:
+                for r in row:
+                    sampled.append(list(r.token_ids))
+                    r.text = "not what was sampled"
+            return rows
+
+    class Spy(PPOTrainerPlugin):
+        def rollout_engine(self, kind, job, cfg, actor, tokenizer, stops):
+            layer = actor.model.layers[0]
+            layer.register_forward_pre_hook(lambda m, a: checkpointed.append(
+                m.gradient_checkpointing and m.training and torch.is_grad_enabled()))
+            return Engine(actor, tokenizer, stops)
+
+    real = ppo._batch_tensors
+    monkeypatch.setattr(ppo, "_batch_tensors", lambda p, r, *a: batched.extend(r) or real(p, r, *a))
+    job = _toy_job(tmp_path)
+    cfg = PPOConfig(learning_rate=1e-4, rollout_batch_size=8, samples_per_prompt=2, batch_size=16,
+                    per_device_batch_size=8, max_steps=2, max_completion_length=40)
+    Spy().train(job, cfg)
+    assert batched == sampled and len(sampled) == 2 * 16
+    assert any(ids[-1] == job_eos for ids in sampled for job_eos in [256])  # toy EOS kept where it stopped
+    assert any(checkpointed)
+
+
+def test_bf16_updates_at_lr_1e_6_change_the_weights(tmp_path):
+    """float32 master weights under bf16 autocast: one update at lr 1e-6 moves nearly every weight (pure
+    bf16 weights would round almost every such update away)."""
+    from safetensors.torch import load_file
+
+    job = _toy_job(tmp_path)
+    cfg = PPOConfig(bf16=True, learning_rate=1e-6, rollout_batch_size=8, samples_per_prompt=2, batch_size=16,
+                    per_device_batch_size=16, max_steps=1, max_completion_length=40, rollout_engine="hf")
+    PPOTrainerPlugin().train(job, cfg)
+    name = "model.layers.0.mlp.down_proj.weight"
+    before = load_file(f"{job.base_model}/model.safetensors")[name].float()
+    after = load_file(job.model_dir / "model.safetensors")[name]
+    assert after.dtype == torch.float32
+    assert (after != before).float().mean() > 0.5
 
 
 PPO_LR = 3e-4

@@ -61,3 +61,26 @@ def test_toy_source():
     df, skipped = load_prompts(PromptsConfig(source="toy", max_prompts=8), seed=3)
     assert len(df) == 8 and df["prompt_id"].n_unique() == 8 and not any(skipped.values())
     assert df.columns == ["prompt_id", "source", "problem", "answer", "solution"]
+
+
+def test_first_rows_unfiltered_in_source_order(tmp_path):
+    """Table 1's selection: the first N rows as they are; no gold answer and repeats kept, nothing shuffled."""
+    rows = [
+        {"problem": "No box here", "solution": "just words"},
+        {"problem": "What is 1+1?", "solution": r"\boxed{2}"},
+        {"problem": "", "solution": r"\boxed{3}"},
+        {"problem": "What is 1+1?", "solution": r"so \boxed{2}"},
+        {"problem": "later", "solution": r"\boxed{5}"},
+        {"problem": "beyond the cut", "solution": r"\boxed{6}"},
+    ]
+    path = str(_write_jsonl(tmp_path / "numina.jsonl", rows))
+    cfg = PromptsConfig(source="file", path=path, max_prompts=5, first_rows=True)
+    df, skipped = load_prompts(cfg, seed=3)
+    assert df["problem"].to_list() == ["No box here", "What is 1+1?", "What is 1+1?", "later"]
+    assert df["answer"].to_list() == [None, "2", "2", "5"]
+    assert df["solution"].to_list()[3] == r"\boxed{5}" and skipped["no_problem"] == 1
+    pid = prompt_id("What is 1+1?")
+    assert df["prompt_id"].to_list()[1:3] == [pid, f"{pid}-2"] and df["prompt_id"].n_unique() == 4
+    assert load_prompts(cfg, seed=4)[0].equals(df)  # no seed in it
+    with pytest.raises(ValueError, match="shuffle"):
+        PromptsConfig(first_rows=True, shuffle=True)

@@ -21,11 +21,21 @@ def _summary(name, accs):
                           "ci_high": a + 0.05} for b, a in zip(BENCHES, accs)])
 
 
+def _samples(acc, n=100, k=4):
+    """Per-sample rows with the first round(acc * n * k) samples (in problem order) correct."""
+    hits = round(acc * n * k)
+    return pl.DataFrame({"problem_id": [f"p{i:03d}" for i in range(n) for _ in range(k)],
+                         "sample_idx": [j for _ in range(n) for j in range(k)],
+                         "correct": [i * k + j < hits for i in range(n) for j in range(k)]})
+
+
 def _write(folder, manifest, summary=None):
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     if summary is not None:
         summary.write_parquet(folder / "summary.parquet")
+        for row in summary.iter_rows(named=True):
+            _samples(row["avg_at_k"]).write_parquet(folder / f"{row['benchmark']}.parquet")
     return folder
 
 
@@ -67,6 +77,13 @@ def test_report_stage_writes_table_costs_and_plot(ctx):
     assert "Average@4" in md and "**Costs**" in md
     assert "Ours vs the paper's Table 2" in md  # no paper benchmark here, so only the averages compare
     assert f"30.00 / {TABLE2['dft']['average']:.2f} ({30.0 - TABLE2['dft']['average']:+.2f})" in md
+    sig = pl.read_csv(out / "significance.csv")
+    assert sig["method"].to_list() == ["base", "base", "dpo", "dpo"] and set(sig["reference"]) == {"dft"}
+    assert sig.filter(method="base", benchmark="toy-id")["difference"][0] == pytest.approx(-25.0)
+    assert sig.filter(method="dpo", benchmark="toy-long")["difference"][0] == pytest.approx(-10.0)
+    assert sig["significant"].all() and (sig["p_value"] < 0.05).all()
+    assert "| base | 25.00 [20.0, 30.0] * |" in md and "Each method minus dft" in md
+    assert pl.read_csv(out / "table2_seeds.csv").height == 6  # 3 methods x 2 benchmarks x 1 seed
     png = (out / "table2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -97,3 +114,38 @@ def test_paper_numbers():
     assert paper_row("table1", "dft-demos", "dft") == TABLE1["dft"]
     assert paper_row("table2", "mine", "grpo") == TABLE2["grpo"]
     assert paper_row("table2", "sft-demos", "sft") is None
+
+
+def test_report_over_seeds_means_and_marks(ctx, tmp_path):
+    """Two seeds per method: the table shows the mean, table2_seeds.csv each seed, the interval widens."""
+    runs = {}
+    for name, accs in {"base": (0.25, 0.05), "dft": (0.30, 0.05), "dpo": (0.40, 0.0)}.items():
+        runs[name] = {}
+        for seed, shift in [(0, -0.15), (1, 0.15)]:  # dft's toy-id differs a lot between seeds
+            shifted = [accs[0] + (shift if name == "dft" else 0.0), accs[1]]
+            stage = f"eval/{name}@s{seed}"
+            ctx.inputs[stage] = _write(tmp_path / "eval" / f"{name}@s{seed}", {"counts": {}}, _summary(name, shifted))
+            runs[name][seed] = (None if name == "base" else f"train/{name}", stage)
+    ctx.extra["runs"] = runs
+    ctx.recipe.run.seeds = [0, 1]
+    report_stage(ctx)
+    table = pl.read_csv(ctx.out / "table2.csv")
+    assert table.filter(method="dft")["toy-id"][0] == pytest.approx(30.0)
+    seeds = pl.read_csv(ctx.out / "table2_seeds.csv")
+    assert seeds.filter(method="dft", benchmark="toy-id")["avg_at_k"].to_list() == pytest.approx([15.0, 45.0])
+    md = (ctx.out / "table2.md").read_text()
+    assert "mean over 2 seeds" in md
+    sig = pl.read_csv(ctx.out / "significance.csv")
+    assert set(sig["seeds"]) == {2}
+    # dpo - dft on toy-id: +10 points on average, +25 and -5 by seed: the interval spans both signs
+    row = sig.filter(method="dpo", benchmark="toy-id").row(0, named=True)
+    assert row["difference"] == pytest.approx(10.0) and row["ci_low"] < 0 < row["ci_high"]
+    assert not row["significant"]
+
+
+def test_report_without_the_reference_row_says_so(ctx):
+    ctx.recipe.report.reference = "grpo"  # not a row of this run
+    report_stage(ctx)
+    assert not (ctx.out / "significance.csv").exists()
+    md = (ctx.out / "table2.md").read_text()
+    assert "No row named 'grpo': no significance tests" in md and " *" not in md

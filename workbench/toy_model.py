@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from data_gen.config import ToyTaskConfig
 from workbench.config_base import Section
 
 EOS = "<|endoftext|>"
@@ -69,7 +70,9 @@ def save_random_toy_model(path: Path, seed: int = 0) -> Path:
 class ToyPretrainConfig(Section):
     """How the toy base model is pretrained on toy demonstrations (see `pretrain_toy_model`).
 
-    Stopping is by step count, not wall time, so the same seed always gives the same weights.
+    Stopping is by step count, not wall time, so the same seed on the same machine always gives the same
+    weights (other CPUs round differently: hence the shipped model, workbench/models.py). Two phases: `steps`
+    on the training distribution, then `stretch_steps` with a share of harder demonstrations.
     """
 
     steps: int = Field(3000, ge=1, description="Optimizer steps (calibrated to ~2-3 minutes on 2 idle cores).")
@@ -81,6 +84,21 @@ class ToyPretrainConfig(Section):
     slip_rate: float = Field(0.25, ge=0, le=1, description="Share of demonstrations with one arithmetic slip.")
     threads: int = Field(1, ge=1, description="torch threads during pretraining (fixed: results depend on it).")
     bf16: bool = Field(False, description="bfloat16 autocast for forward/backward.")
+    stretch_steps: int = Field(0, ge=0, description="Steps of a second phase after `steps` in which a share of "
+                               "the demonstrations comes from `stretch_tasks` (harder than the training prompts), "
+                               "so the out-of-distribution benchmarks are reachable; training prompts stay in-"
+                               "distribution.")
+    stretch_share: float = Field(0.4, ge=0, le=1, description="Share of stretch demonstrations in the second phase.")
+    stretch_lr: float = Field(2e-3, gt=0, description="Peak learning rate of the second phase (fresh AdamW, cosine).")
+    stretch_warmup_steps: int = Field(50, ge=0, description="Warm-up steps of the second phase.")
+    stretch_tasks: list[ToyTaskConfig] = Field(
+        default_factory=lambda: [ToyTaskConfig(min_ops=4, max_ops=5), ToyTaskConfig(min_digits=3, max_digits=3)],
+        description="Harder task variants drawn (uniformly) for stretch demonstrations; training-split problems.")
+
+    def stretch_phase(self) -> ToyPretrainConfig:
+        """The second phase's settings: `stretch_steps` steps at `stretch_lr`, the rest unchanged."""
+        return self.model_copy(update={"steps": self.stretch_steps, "lr": self.stretch_lr,
+                                       "warmup_steps": self.stretch_warmup_steps})
 
 
 def pretraining_batches(tokenizer, texts_and_prompt_lens, cfg: ToyPretrainConfig):

@@ -1,4 +1,5 @@
-"""The train stage: every train entry of the recipe as its own Ray task, side by side when resources allow.
+"""The train stage: every train entry of the recipe through `trainers/launch.py` (one Ray task, or a Ray Train
+worker group of `num_workers` processes), side by side when resources allow.
 
 Each task trains the same base model on the data set its trainer consumes (from the one build stage),
 with the run's one template and seed, and records in its manifest the fingerprints of the base model and
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
 
+from workbench.sweep import stage_entry
 from workbench.trainers.base import TrainJob
 
 console = Console()
@@ -39,12 +43,45 @@ def data_kind(trainer_cls, cfg) -> str:
     return getattr(cfg, "data", None) or trainer_cls.consumes
 
 
-def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, seed: int) -> dict:
-    """Train one recipe entry into `out`; return the counts for its manifest. Runs inside a Ray task."""
+@contextmanager
+def writer_lock(out: Path, timeout_s: float = 120.0):
+    """Rank 0 holds `flock` on `<in-progress folder>/.writer.lock` while it trains.
+
+    After a kill -9 of the driver, the old training worker keeps running until it notices its dead raylet
+    (about 2 s measured here) and may still write checkpoints; a rerun that resumes the same folder first
+    waits here for that leftover writer to exit, so the two never write one folder at once.
+    """
+    import fcntl
+
+    from workbench.trainers.checkpoint import rank_world
+
+    if rank_world()[0] != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".writer.lock", "w") as f:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"{out}: another training process is still writing this folder "
+                                       f"after {timeout_s:.0f} s") from None
+                time.sleep(0.2)
+        yield
+
+
+def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, seed: int,
+                report_to: tuple[str, ...] = (), verify=None) -> dict:
+    """Train one recipe entry into `out`; return the counts for its manifest. Runs inside a Ray task.
+    `report_to`: trackers besides metrics.jsonl (the recipe's run.report_to)."""
     import polars as pl
 
     from workbench.models import model_fingerprint
     from workbench.registry import get_trainer
+    from workbench.trainers.launch import worker_resources
 
     trainer_cls = get_trainer(entry.algorithm)
     kind = data_kind(trainer_cls, entry.config)
@@ -55,9 +92,12 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
     if data.height == 0:
         raise ValueError(f"train/{entry.name}: {data_path} is empty: nothing to train {entry.algorithm} on")
     job = TrainJob(base_model=Path(base_model), data=data, template=template, out_dir=Path(out), seed=seed,
-                   num_threads=max(1, int(entry.num_cpus)))
+                   num_threads=max(1, int(worker_resources(entry)[0])), save_steps=entry.save_steps,
+                   keep_checkpoints=entry.keep_checkpoints, report_to=tuple(report_to), name=entry.name,
+                   **({"verifier": verify.verifier, "verifier_options": verify.options} if verify else {}))
     t0 = time.time()
-    result = trainer_cls().train(job, entry.config)
+    with writer_lock(Path(out)):
+        result = trainer_cls().train(job, entry.config)
     return {
         "algorithm": entry.algorithm,
         "data": kind,
@@ -68,37 +108,81 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
         "train_tokens": int(result.train_tokens),
         "steps": int(result.steps),
         "train_time_s": round(time.time() - t0, 3),
+        "num_workers": entry.num_workers,
         **{k: v for k, v in result.extra.items() if isinstance(v, (int, float, str, bool))},
     }
 
 
 def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
-    """Launch one Ray task per train stage; commit each as it finishes; raise after all have ended."""
+    """Launch every train stage through `launch` (one Ray task, or a Ray Train worker group); commit each as
+    it finishes; raise after all have ended. A killed stage's in-progress folder survives: the next run
+    resumes it from its latest checkpoint (`save_steps`)."""
     import ray
+
+    from workbench.console import LOG_NAME, TrainProgress, logged
+    from workbench.registry import get_trainer
+    from workbench.resources import check_disk, memory_kill, node_memory_gb, train_bytes, with_memory
+    from workbench.trainers.checkpoint import latest_resumable
+    from workbench.trainers.launch import launch, worker_resources
 
     recipe = pipeline.recipe
     build_dir = pipeline.rundir.path("build")
     running, failures, manifests = {}, [], {}
-    for stage in stages:
-        entry = recipe.train[stage.extra["entry_index"]]
-        tmp = pipeline.rundir.begin(stage.name)
-        task = ray.remote(num_cpus=entry.num_cpus, num_gpus=entry.num_gpus, max_retries=0)(train_entry)
-        ref = task.remote(entry, recipe.template, base_model, build_dir, tmp, recipe.run.seed)
+    node_gb, memory = node_memory_gb(), {}
+    alone, retried = [], set()  # killed for memory: retried once, by itself, when nothing else runs
+
+    def start(stage) -> None:
+        entry = stage_entry(pipeline, stage)  # the recipe's entry, with a sweep trial's or chosen values
+        entry, note = with_memory(entry, base_model, node_gb)  # Ray's `memory`: never co-scheduled past it
+        memory[stage.name] = entry.memory_gb
+        tmp = pipeline.rundir.begin(stage.name, stage.input_hash)  # kept if killed: resumed from its checkpoint
+        fn = partial(logged, train_entry, tmp / LOG_NAME)  # the worker's output goes to its stage folder
+        ref = launch(entry, fn, entry, recipe.template, base_model, build_dir, tmp,
+                     stage.extra.get("seed", recipe.run.seed), tuple(recipe.run.report_to), recipe.verify,
+                     out_dir=tmp, trainer_cls=get_trainer(entry.algorithm))
         running[ref] = (stage, tmp, time.time())
-        console.print(f"[bold]train[/] {stage.name} queued ({entry.algorithm}, "
-                      f"{entry.num_cpus:g} CPU, {entry.num_gpus:g} GPU)")
-    while running:
-        done, _ = ray.wait(list(running), num_returns=1)
-        stage, tmp, t0 = running.pop(done[0])
-        try:
-            counts = ray.get(done[0])
-        except Exception as exc:  # noqa: BLE001 - keep the others going; report all failures at the end
-            pipeline.rundir.abort(tmp)
-            cause = getattr(exc, "cause", None) or exc
-            failures.append(f"{stage.name}: {type(cause).__name__}: {cause}".splitlines()[0])
-            console.print(f"[red]✗[/] {failures[-1]}")
-            continue
-        manifests[stage.name] = pipeline.finish(stage, tmp, counts, time.time() - t0)
+        (cpus, gpus), found = worker_resources(entry), latest_resumable(tmp)
+        console.print(f"[bold]train[/] {stage.name} queued ({entry.algorithm}, {entry.num_workers} x "
+                      f"({cpus:g} CPU, {gpus:g} GPU, {entry.memory_gb:g} GiB{f'; {note}' if note else ''}))"
+                      f"{f', resuming from step {found[0]}' if found else ''}")
+        progress.add(stage.name, tmp, getattr(entry.config, "max_steps", None))
+
+    check_disk(pipeline.rundir.root,  # refuse early: the model folders (and checkpoints) must fit
+               [(s.name, train_bytes(stage_entry(pipeline, s), base_model)) for s in stages])
+    with TrainProgress(console) as progress:  # one live line per running entry (terminals only)
+        for stage in stages:
+            start(stage)
+        while running or alone:
+            if not running:
+                retried.add(alone[0].name)
+                start(alone.pop(0))
+            done, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+            progress.refresh()
+            if not done:
+                continue
+            stage, tmp, t0 = running.pop(done[0])
+            progress.remove(stage.name)
+            try:
+                counts = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - keep the others going; report all failures at the end
+                pipeline.rundir.abort(tmp)
+                if (killed := memory_kill(exc)) is not None:
+                    had = f"reserved {memory[stage.name]:g} GiB; {killed}"
+                    if stage.name not in retried:
+                        alone.append(stage)
+                        console.print(f"[yellow]![/] {stage.name} was killed for memory ({had}): it runs again "
+                                      "alone once the others are done", highlight=False, soft_wrap=True)
+                    else:
+                        failures.append(f"{stage.name}: killed for memory twice, the second time alone ({had}); "
+                                        f"set its memory_gb higher or lower its batch")
+                        console.print(f"[red]✗[/] {failures[-1]}", highlight=False, soft_wrap=True)
+                    continue
+                cause = getattr(exc, "cause", None) or exc
+                first = (str(cause).strip().splitlines() or [""])[0]
+                failures.append(f"{stage.name}: {type(cause).__name__}: {first} (full output: {tmp / LOG_NAME})")
+                console.print(f"[red]✗[/] {failures[-1]}", highlight=False, soft_wrap=True)
+                continue
+            manifests[stage.name] = pipeline.finish(stage, tmp, counts, time.time() - t0)
     if failures:
         raise RuntimeError("training failed for " + "; ".join(failures))
     return manifests

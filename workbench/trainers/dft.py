@@ -37,6 +37,8 @@ class DFTTrainerPlugin(Trainer):
     name: ClassVar[str] = "dft"
     consumes: ClassVar[str] = "positives"
     Config: ClassVar[type[TrainConfig]] = DFTConfig
+    distributed: ClassVar[bool] = True  # N workers: FSDP2 (launch.py)
+    checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py)
 
     def train(self, job: TrainJob, cfg: TrainConfig) -> TrainResult:
         return train_token_loss(job, cfg, kind="dft", what=f"{self.name} ({getattr(cfg, 'data', self.consumes)})")

@@ -5,16 +5,23 @@ Runs TRL's `DPOTrainer` with the run's one prompt template (the prompt is render
 are the raw responses; TRL appends EOS to both). The frozen reference is a copy of the base model, made by
 TRL. metrics.jsonl gets TRL's logs per step: loss, learning_rate, rewards/chosen, rewards/rejected,
 rewards/margins, rewards/accuracies, logps/*, grad_norm.
+
+Under `num_workers: N` the trainer runs in every Ray Train worker (launch.py) and the transformers Trainer
+does DDP through accelerate (gloo on CPU, one GPU per process, never nn.DataParallel); the per-worker
+micro-batch and accumulation keep the global batch at `batch_size`. `save_steps` uses the Trainer's own
+checkpoints, moved into checkpoints/step-<N>/ (checkpoint.py), and a rerun resumes from the latest.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from workbench.template import render_prompt
-from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
+from workbench.trainers import checkpoint
+from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
 from workbench.trainers.common import hf_args, load_base, metrics_callback, require_columns, setup_torch
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair", "aot",
@@ -40,6 +47,8 @@ class DPOTrainerPlugin(Trainer):
     name: ClassVar[str] = "dpo"
     consumes: ClassVar[str] = "pairs"
     Config: ClassVar[type[TrainConfig]] = DPOConfig
+    distributed: ClassVar[bool] = True  # N workers: DDP through accelerate (launch.py)
+    checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py)
 
     def train(self, job: TrainJob, cfg: TrainConfig) -> TrainResult:
         from datasets import Dataset
@@ -57,13 +66,23 @@ class DPOTrainerPlugin(Trainer):
         }
         args = TRLDPOConfig(**hf_args(job, cfg), beta=cfg.beta, loss_type=[cfg.loss_type],
                             max_grad_norm=cfg.max_grad_norm)
-        log = MetricsLog(job.metrics_path)
+        rank, world = checkpoint.rank_world()  # N workers: DDP inside Ray Train's process group (launch.py)
+        log = job.metrics_log() if rank == 0 else None
+        callbacks = [metrics_callback(log)] if log is not None else []
+        if job.save_steps:
+            callbacks.append(checkpoint.hf_checkpoint_callback(job.out_dir, args.output_dir, tokenizer,
+                                                               job.keep_checkpoints))
+        resume_from, resumed = checkpoint.hf_resume_from(job.out_dir, job.metrics_path)
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
-                             processing_class=tokenizer, callbacks=[metrics_callback(log)])
+                             processing_class=tokenizer, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)  # metrics.jsonl is the log; keep stdout quiet
-        out = trainer.train()
-        trainer.model.save_pretrained(job.model_dir)
-        tokenizer.save_pretrained(job.model_dir)
+        out = trainer.train(resume_from_checkpoint=resume_from)
+        checkpoint.export_model(trainer.model, tokenizer, job.model_dir)
+        checkpoint.finish(job)
+        if log is not None:
+            log.close()
+            shutil.rmtree(args.output_dir, ignore_errors=True)  # the Trainer's scratch; checkpoints moved out
         tokens = int(getattr(trainer, "_total_train_tokens", 0))
         return TrainResult(job.model_dir, train_tokens=tokens, steps=int(out.global_step),
-                           extra={"mean_loss": float(out.training_loss), "pairs": job.data.height})
+                           extra={"mean_loss": float(out.training_loss), "pairs": job.data.height,
+                                  "num_workers": world, "resumed_from_step": resumed})

@@ -1,14 +1,22 @@
 """GRPO: TRL's `GRPOTrainer` on the RL prompts, with the data-generation verifier as the reward.
 
 Each prompt is rendered with the run's template (a plain string, so TRL applies no chat template of its
-own); TRL samples `num_generations` completions per prompt, scores them with `data_gen.verifier.reward`
-(1.0 correct, else 0.0; the same code the verify stage runs), normalises rewards within each group and
-takes a clipped policy-gradient step with a KL penalty `beta` to the base model.
+own); TRL samples `num_generations` completions per prompt, scores them with `data_gen.verifiers.reward`
+(the recipe's `verify.verifier`; 1.0 correct, else 0.0; the same code the verify stage runs), normalises
+rewards within each group and takes a clipped policy-gradient step with a KL penalty `beta` to the base
+model.
 
 Rollouts use transformers `generate` by default; `use_vllm` turns on TRL's vLLM colocate mode, which is
 for GPUs only (its weight sync fails on CPU, see DESIGN.md).
 
-One step is one TRL optimizer step: `batch_size` completions, i.e. `batch_size / num_generations` prompts.
+Batch sizes count completions, as TRL does: one optimizer step takes `batch_size` completions, i.e.
+`batch_size / num_generations` prompts. verl counts prompts: its `ppo_mini_batch_size` is multiplied by the
+rollout `n` (verl/workers/fsdp_workers.py), so verl's GRPO math example (ppo_mini_batch_size 256, n 5) is
+`batch_size: 1280, num_generations: 5` here, and its `data.train_batch_size: 1024` prompts per rollout is
+`rollout_batch_size: 1024` (4 optimizer steps on each rollout batch).
+
+`max_length` caps prompt + response: prompts longer than `max_length - max_completion_length` tokens are
+left out and counted (verl's `data.filter_overlong_prompts`).
 """
 
 from __future__ import annotations
@@ -24,21 +32,28 @@ from workbench.trainers.common import require_columns
 LOGGED = {"loss": "loss", "learning_rate": "learning_rate", "reward": "reward", "reward_std": "reward_std",
           "kl": "kl", "entropy": "entropy", "grad_norm": "grad_norm", "num_tokens": "num_tokens",
           "completions/mean_length": "response_length", "frac_reward_zero_std": "frac_reward_zero_std",
-          "clip_ratio/region_mean": "clipfrac"}
+          "clip_ratio/region_mean": "clipfrac", "completions/clipped_ratio": "truncated"}
 
 
 class GRPOConfig(TrainConfig):
     """GRPO settings. Defaults follow verl's GRPO math example (examples/grpo_trainer/run_qwen2-7b_math.sh:
-    actor lr 1e-6, kl_loss_coef 0.001, max_response_length 1024, ppo_mini_batch_size 256, constant lr)
-    unless a field says otherwise; toy recipes override the learning rate and batch sizes."""
+    actor lr 1e-6, kl_loss_coef 0.001, max_prompt_length = max_response_length = 1024, ppo_mini_batch_size
+    256 prompts x rollout.n 5, constant lr) unless a field says otherwise; toy recipes override the learning
+    rate and batch sizes."""
 
     learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate (verl and DeepSeekMath: 1e-6).")
     lr_scheduler: str = Field("constant", description="transformers scheduler name (verl: constant).")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up share of steps (verl: 0).")
-    batch_size: int = Field(256, ge=1, description="Completions per optimizer step; a multiple of num_generations "
-                            "(verl ppo_mini_batch_size=256).")
-    num_generations: int = Field(8, ge=2, description="Completions per prompt, the GRPO group (TRL default 8; "
-                                 "verl's example uses 5, DeepSeekMath 64).")
+    batch_size: int = Field(1280, ge=1, description="Completions (not prompts) per optimizer step; a multiple "
+                            "of num_generations (verl ppo_mini_batch_size=256 prompts x n=5 = 1280).")
+    num_generations: int = Field(5, ge=2, description="Completions per prompt, the GRPO group (verl's example: "
+                                 "rollout.n=5; TRL's default 8, DeepSeekMath 64).")
+    rollout_batch_size: int | None = Field(
+        None, ge=1, description="Prompts sampled per rollout batch (verl data.train_batch_size, 1024 in the "
+        "example); the optimizer takes rollout_batch_size x num_generations / batch_size steps on each. "
+        "Unset: batch_size / num_generations, one fresh rollout per step (TRL's default).")
+    max_length: int = Field(2048, ge=8, description="Most prompt + response tokens; longer prompts are left out "
+                            "(verl: max_prompt_length 1024 + max_response_length 1024, filter_overlong_prompts).")
     beta: float = Field(0.001, ge=0, description="KL coefficient to the base model (verl kl_loss_coef=0.001; "
                         "0 skips loading the reference model).")
     max_completion_length: int = Field(1024, ge=1, description="Most response tokens (verl max_response_length).")
@@ -63,15 +78,29 @@ class GRPOConfig(TrainConfig):
         if self.batch_size % min(self.per_device_batch_size, self.batch_size):
             raise ValueError(f"grpo: batch_size={self.batch_size} must be a multiple of "
                              f"per_device_batch_size={self.per_device_batch_size}")
+        if self.rollout_batch_size and (self.rollout_batch_size * self.num_generations) % self.batch_size:
+            raise ValueError(f"grpo: rollout_batch_size x num_generations = {self.rollout_batch_size} x "
+                             f"{self.num_generations} must be a multiple of batch_size={self.batch_size}")
+        if self.max_completion_length >= self.max_length:
+            raise ValueError(f"grpo: max_completion_length={self.max_completion_length} leaves no room for the "
+                             f"prompt within max_length={self.max_length}")
         return self
 
 
-def verifier_reward_func(timeout_s: float):
+def fit_prompts(tokenizer, prompts: list[str], answers: list[str], max_prompt_tokens: int):
+    """(prompts, answers) whose rendered prompt has at most `max_prompt_tokens` tokens, and how many were
+    left out (verl's filter_overlong_prompts)."""
+    keep = [i for i, p in enumerate(prompts)
+            if len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= max_prompt_tokens]
+    return [prompts[i] for i in keep], [answers[i] for i in keep], len(prompts) - len(keep)
+
+
+def verifier_reward_func(timeout_s: float, verifier_name: str = "math", options: dict | None = None):
     """A TRL reward function: TRL passes the completions and every dataset column (here `answer`)."""
-    from data_gen.verifier import reward
+    from data_gen.verifiers import reward
 
     def verifier(completions: list[str], answer: list[str], **_) -> list[float]:
-        return reward(list(completions), list(answer), timeout_s=timeout_s)
+        return reward(list(completions), list(answer), timeout_s, verifier_name, options)
 
     return verifier
 
@@ -90,6 +119,34 @@ def _metrics_callback(log: MetricsLog):
     return WriteMetrics()
 
 
+def trl_args(job: TrainJob, cfg: GRPOConfig, stop_ids: list[int], on_gpu: bool):
+    """TRL's GRPOConfig from ours. `bf16` is mixed precision (autocast over float32 master weights, as the
+    SFT-family loop does); `warmup_ratio` goes in as a ratio; vLLM rollouts stop on `stop_ids` (the HF
+    rollouts read them from the model's generation config, see `train`)."""
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
+    accum = cfg.batch_size // per_device
+    # TRL's steps_per_generation counts micro-batches: accum of them make one optimizer step
+    per_rollout = (cfg.rollout_batch_size * cfg.num_generations // cfg.batch_size) if cfg.rollout_batch_size else 1
+    return TRLGRPOConfig(
+        output_dir=str(job.out_dir / "trl"), report_to="none", push_to_hub=False, save_strategy="no",
+        use_cpu=not on_gpu, seed=job.seed, data_seed=job.seed, bf16=cfg.bf16,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.hf_warmup_steps(),
+        weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
+        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
+        steps_per_generation=accum * per_rollout,
+        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        generation_kwargs={"stop_token_ids": stop_ids} if cfg.use_vllm else None,
+        disable_dropout=True,
+    )
+
+
 class GRPOTrainerPlugin(Trainer):
     name = "grpo"
     consumes = "prompts"
@@ -98,8 +155,9 @@ class GRPOTrainerPlugin(Trainer):
     def train(self, job: TrainJob, cfg: GRPOConfig) -> TrainResult:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-        from trl import GRPOConfig as TRLGRPOConfig
         from trl import GRPOTrainer
+
+        from data_gen.samplers import stop_token_ids
 
         require_columns(job.data, ["problem", "answer"], "grpo (rl prompts)")
         if len(job.data) == 0:
@@ -113,31 +171,32 @@ class GRPOTrainerPlugin(Trainer):
         tokenizer = AutoTokenizer.from_pretrained(job.base_model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.bfloat16 if cfg.bf16 else None)
+        # float32 master weights whatever the checkpoint's dtype: a bf16 weight near 0.02 moves in steps of
+        # ~1.2e-4, so AdamW updates of ~lr=1e-6 would round to nothing. bf16 is TRL's autocast (cfg.bf16).
+        model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32)
+        # TRL stops HF rollouts on the model's generation-config EOS ids: add the chat template's end of turn.
+        saved_eos = model.generation_config.eos_token_id
+        stop_ids = stop_token_ids(tokenizer, model.generation_config)
+        model.generation_config.eos_token_id = stop_ids
         prompts = [render_prompt(tokenizer, p, job.template) for p in job.data["problem"].to_list()]
-        dataset = Dataset.from_dict({"prompt": prompts, "answer": job.data["answer"].to_list()})
+        prompts, answers, too_long = fit_prompts(tokenizer, prompts, job.data["answer"].to_list(),
+                                                 cfg.max_length - cfg.max_completion_length)
+        if not prompts:
+            raise ValueError(f"grpo: every prompt is longer than max_length - max_completion_length = "
+                             f"{cfg.max_length - cfg.max_completion_length} tokens")
+        dataset = Dataset.from_dict({"prompt": prompts, "answer": answers})
 
-        per_device = min(cfg.per_device_batch_size, cfg.batch_size)
-        args = TRLGRPOConfig(
-            output_dir=str(job.out_dir / "trl"), report_to="none", push_to_hub=False, save_strategy="no",
-            use_cpu=not on_gpu, seed=job.seed, data_seed=job.seed, bf16=cfg.bf16,
-            learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-            num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
-            per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.batch_size // per_device,
-            gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
-            num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-            temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
-            num_iterations=cfg.num_iterations, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-            use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            disable_dropout=True,
-        )
-        trainer = GRPOTrainer(model=model, reward_funcs=[verifier_reward_func(cfg.reward_timeout_s)], args=args,
-                              train_dataset=dataset, processing_class=tokenizer,
-                              callbacks=[_metrics_callback(MetricsLog(job.metrics_path))])
+        reward_fn = verifier_reward_func(cfg.reward_timeout_s, job.verifier, job.verifier_options)
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn],
+                              args=trl_args(job, cfg, stop_ids, on_gpu), train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[_metrics_callback(MetricsLog(job.metrics_path))])
         trainer.train()
         job.model_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.generation_config.eos_token_id = saved_eos  # the checkpoint keeps the base model's
         trainer.model.save_pretrained(job.model_dir)
         tokenizer.save_pretrained(job.model_dir)
         return TrainResult(job.model_dir, train_tokens=int(trainer.state.num_input_tokens_seen),
-                           steps=int(trainer.state.global_step))
+                           steps=int(trainer.state.global_step),
+                           extra={"mixed_precision": str(trainer.accelerator.mixed_precision),
+                                  "master_dtype": str(next(trainer.model.parameters()).dtype),
+                                  "stop_token_ids": stop_ids, "prompts_too_long": too_long})

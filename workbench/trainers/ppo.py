@@ -1,37 +1,49 @@
-"""PPO with a learned critic, the verifier's 0/1 reward and a KL penalty to the base model.
+"""PPO with a learned critic, the verifier's 0/1 reward and a KL term to the base model.
 
 TRL removed its PPO trainer, so this is ours: one file in the spirit of CleanRL's `ppo.py`, with the
-LLM-specific parts as verl does them (verl/trainer/ppo/core_algos.py):
+LLM-specific parts as verl does them (verl/trainer/ppo/core_algos.py, verl/trainer/config/ppo_trainer.yaml):
 
 - actor: the policy, initialised from the base model; it is what gets saved;
 - critic: the base model's transformer with a scalar value head (one value per token);
-- reference: a frozen copy of the base model; the per-token k1 KL `log pi(a|s) - log pi_ref(a|s)`, scaled
-  by `kl_coef`, is subtracted from the reward at every response token;
-- reward: the data-generation verifier (`data_gen.verifier.reward`, 1.0 correct else 0.0), given at the
+- reference: a frozen copy of the base model (not loaded when `kl_coef` is 0); by default the KL is a loss term
+  of the actor, `kl_coef` x the low-variance k3 estimate (verl `use_kl_in_reward: False`, `kl_loss_type:
+  low_var_kl`); with `kl_in_reward` the per-token k1 KL, scaled by `kl_coef`, is subtracted from the reward;
+- reward: the recipe's verifier (`data_gen.verifiers.reward`, 1.0 correct else 0.0, `_score`), given at the
   response's final token;
 - GAE over response tokens (gamma, lam), advantages whitened over the batch's valid tokens;
 - the clipped surrogate for the actor and the clipped value loss for the critic, `ppo_epochs` passes of
-  minibatches (`batch_size` sequences each) over every rollout batch.
+  minibatches (`batch_size` sequences each) over every rollout batch; the actor steps, frees its gradients,
+  then the critic does, so only one model's gradients are alive at a time.
 
 One *step* (what `max_steps` counts, what metrics.jsonl logs) is one PPO iteration: a rollout batch of
-`rollout_batch_size` prompts and the updates made on it (verl's "training step").
-Rollouts go through the data-generation sampler (`data_gen.samplers.hf_generate`); prompts are rendered
-with the run's template. Responses are re-tokenised here; a response that stopped gets the EOS token
-appended, so the model is trained to stop.
+`rollout_batch_size` prompts, the updates made on it, and the weight sync into the rollout engine (verl's
+"training step"). Rollouts come from `workbench/trainers/rollout.py`: a vLLM engine in this process whose
+weights follow the actor's (default where vLLM imports), or transformers `generate` on the actor. PPO trains
+on the token ids the engine sampled (a response a stop token ended keeps that token), never on re-tokenised
+text. Prompts are rendered with the run's template.
+
+Precision and memory: actor and critic keep float32 master weights and run under bf16 autocast when `bf16` is
+set; the reference, frozen, is held in bf16 (its log-probabilities are computed in float32); log-probabilities are taken from the response positions'
+hidden states through the LM head in checkpointed chunks (`response_logprobs`), so no `[batch, seq, vocab]`
+float32 tensor is ever materialised, and the entropy enters the graph only when `entropy_coef` > 0.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import time
+from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
+from torch.utils.checkpoint import checkpoint
 
 from workbench.template import render_prompt
-from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
+from workbench.trainers import rollout as rollouts
+from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
 from workbench.trainers.common import require_columns
 
 # ---------------------------------------------------------------------------------------------
@@ -86,12 +98,43 @@ def value_loss(values, old_values, returns, mask, clip: float):
     return loss
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor):
-    """log p(token) and the entropy of the distribution at each position (logits already aligned)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return chosen, entropy
+def kl_estimate(logprobs, ref_logprobs, kind: Literal["k1", "k3"]):
+    """Per-token KL(pi || pi_ref) estimates (verl core_algos.kl_penalty): k1 = log pi - log pi_ref (verl "kl",
+    used in the reward); k3 = exp(-k1) + k1 - 1, clamped to [-10, 10] (verl "low_var_kl", the loss term)."""
+    k1 = logprobs - ref_logprobs
+    return k1 if kind == "k1" else torch.clamp(torch.exp(-k1) + k1 - 1, -10.0, 10.0)
+
+
+def _chunk_logprobs(head, hidden, tokens, temperature: float, with_entropy: bool):
+    """log p(token) (and the entropy) for one chunk of positions: logits exist for this chunk only."""
+    logits = head(hidden).float() / temperature
+    lse = logits.logsumexp(-1)
+    logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp.unsqueeze(0)
+    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    return torch.stack([logp, entropy])
+
+
+def response_logprobs(model, ids, attn, pos, resp, temperature: float = 1.0, chunk_tokens: int = 1024,
+                      with_entropy: bool = False):
+    """log pi(resp_t | prefix) of the response tokens ([B, R]) and, if asked, the entropies (else None).
+
+    The transformer runs once; the LM head runs on the response positions only, `chunk_tokens` positions x
+    rows at a time, each chunk checkpointed when gradients are on (backward recomputes its logits instead of
+    keeping them). Logits are divided by the sampling temperature, as verl's actor does.
+    """
+    r = resp.shape[1]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                              use_cache=False).last_hidden_state[:, -r - 1 : -1]
+    head, step = model.get_output_embeddings(), max(1, chunk_tokens // max(1, ids.shape[0]))
+    parts = []
+    for s in range(0, r, step):
+        args = (head, hidden[:, s : s + step], resp[:, s : s + step], temperature, with_entropy)
+        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logprobs(*args))
+    out = torch.cat(parts, dim=-1)
+    return out[0], (out[1] if with_entropy else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,26 +143,37 @@ def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor):
 
 
 class PPOConfig(TrainConfig):
-    """PPO settings. Defaults follow verl's PPO math examples
-    (examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh and verl/trainer/config/ppo_trainer.yaml)
-    unless a field says otherwise; toy recipes override the learning rates and batch sizes."""
+    """PPO settings. Defaults follow verl/trainer/config/ppo_trainer.yaml and its PPO math example
+    (examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh) unless a field says otherwise; toy recipes
+    override the learning rates and batch sizes."""
 
     learning_rate: float = Field(1e-6, gt=0, description="Actor learning rate (verl actor.optim.lr=1e-6).")
-    critic_learning_rate: float = Field(1e-5, gt=0, description="Critic learning rate (verl critic.optim.lr=1e-5).")
+    critic_learning_rate: float = Field(1e-5, gt=0, description="Critic learning rate "
+                                        "(verl critic.optim.lr=1e-5).")
     lr_scheduler: str = Field("constant", description="Scheduler for both optimizers (verl: constant).")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up share of optimizer steps (verl: 0).")
-    rollout_batch_size: int = Field(1024, ge=1, description="Prompts per rollout batch (verl data.train_batch_size).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of actor and critic "
+                                "(verl actor/critic optim.weight_decay=0.01).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward, actor and critic "
+                                         "(verl model.enable_gradient_checkpointing=True).")
+    rollout_batch_size: int = Field(1024, ge=1, description="Prompts per rollout batch "
+                                    "(verl data.train_batch_size).")
     samples_per_prompt: int = Field(1, ge=1, description="Responses per prompt (verl rollout.n=1 for PPO).")
     batch_size: int = Field(256, ge=1, description="Sequences per optimizer step, the PPO minibatch "
                             "(verl ppo_mini_batch_size=256).")
     per_device_batch_size: int = Field(8, ge=1, description="Sequences per forward pass (micro-batch).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (verl ppo_epochs=1; CleanRL: 4).")
     clip_ratio: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (verl actor.clip_ratio=0.2).")
-    value_clip: float = Field(0.2, gt=0, description="Value clip range (CleanRL clip_coef=0.2; verl uses 0.5).")
-    kl_coef: float = Field(0.001, ge=0, description="k1 KL penalty in the reward (verl algorithm.kl_ctrl.kl_coef).")
+    value_clip: float = Field(0.5, gt=0, description="Value clip range (verl critic.cliprange_value=0.5).")
+    kl_coef: float = Field(0.001, ge=0, description="KL coefficient (verl actor.kl_loss_coef and "
+                           "algorithm.kl_ctrl.kl_coef, both 0.001); 0 drops the KL and the reference model, "
+                           "which is verl's own default (use_kl_loss and use_kl_in_reward both False).")
+    kl_in_reward: bool = Field(False, description="Subtract kl_coef x k1 KL from the per-token reward instead of "
+                               "adding kl_coef x k3 KL to the actor loss (verl algorithm.use_kl_in_reward=False).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount (verl algorithm.gamma=1.0).")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (0.95, verl's math examples).")
-    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the actor loss (verl entropy_coeff=0).")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (verl algorithm.lam=1.0).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the actor loss (verl entropy_coeff=0); "
+                                "at 0 the entropy is only measured, outside the graph.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (verl actor/critic grad_clip=1.0).")
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's valid tokens.")
     max_completion_length: int = Field(1024, ge=1, description="Most response tokens "
@@ -127,29 +181,51 @@ class PPOConfig(TrainConfig):
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature (verl rollout: 1.0).")
     top_p: float = Field(1.0, gt=0, le=1, description="Rollout nucleus threshold (verl rollout: 1.0).")
     reward_timeout_s: float = Field(5.0, gt=0, description="Verifier timeout per response.")
+    rollout_engine: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="Rollouts from a vLLM engine in the trainer's process, its weights synced from the "
+        "actor after every update (vllm), or transformers generate on the actor (hf); auto: vllm when it imports.")
+    rollout_dtype: str = Field("bfloat16", description="vLLM rollout engine dtype (verl rollout.dtype=bfloat16).")
+    rollout_kv_cache_gb: float = Field(0.5, gt=0, description="vLLM KV cache on CPU (GiB).")
+    rollout_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="Share of the GPU the colocated vLLM engine takes (TRL colocate default 0.3; "
+        "verl 0.5 frees its KV cache while training, we do not).")
+    rollout_hf_batch_size: int = Field(64, ge=1, description="Prompts per generate call (rollout_engine=hf).")
+    logits_chunk_tokens: int = Field(512, ge=1, description="Response tokens whose logits exist at once when "
+                                     "log-probabilities are computed ([tokens, vocab] float32 per chunk).")
 
 
 class Critic(torch.nn.Module):
     """The base model's transformer body with a scalar value head (zero-initialised: V starts at 0)."""
 
-    def __init__(self, base_model_dir: str, dtype=None):
+    def __init__(self, base_model_dir: str):
         super().__init__()
         from transformers import AutoModel
 
-        self.body = AutoModel.from_pretrained(base_model_dir, dtype=dtype)
+        self.body = AutoModel.from_pretrained(base_model_dir, dtype=torch.float32)
         self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids):
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return self.head(hidden.last_hidden_state.float()).squeeze(-1)
+    def forward(self, input_ids, attention_mask, position_ids, n_response: int):
+        """Value of the state before each response token ([B, n_response])."""
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state[:, -n_response - 1 : -1]
+        return self.head(hidden.float()).squeeze(-1)
 
 
-def _batch_tensors(tokenizer, prompts: list[str], responses: list[list[int]], device):
+def _no_dropout(model):
+    """No dropout anywhere, so train and eval mode compute the same function and the PPO ratio is exactly 1
+    before the first update (Qwen2/Llama configs have 0 already; this makes it hold for any model)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model
+
+
+def _batch_tensors(prompt_ids: list[list[int]], responses: list[list[int]], pad: int, device):
     """Left-padded prompts + right-padded responses -> input_ids, attention_mask, position_ids, resp, mask."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     plen, rlen = max(map(len, prompt_ids)), max(1, max(map(len, responses)))
     rows, attn, resp, mask = [], [], [], []
     for p, r in zip(prompt_ids, responses):
@@ -157,22 +233,38 @@ def _batch_tensors(tokenizer, prompts: list[str], responses: list[list[int]], de
         attn.append([0] * (plen - len(p)) + [1] * (len(p) + len(r)) + [0] * (rlen - len(r)))
         resp.append(r + [pad] * (rlen - len(r)))
         mask.append([1] * len(r) + [0] * (rlen - len(r)))
-    t = lambda x: torch.tensor(x, device=device)
-    attn_t = t(attn)
+    attn_t = torch.tensor(attn, device=device)
     pos = (attn_t.cumsum(-1) - 1).clamp(min=0)
-    return t(rows), attn_t, pos, t(resp), t(mask).float()
+    return (torch.tensor(rows, device=device), attn_t, pos, torch.tensor(resp, device=device),
+            torch.tensor(mask, device=device).float())
 
 
-def _actor_forward(model, ids, attn, pos, resp):
-    """Log-probs and entropies of the response tokens under `model` ([B, R])."""
-    r = resp.shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -r - 1 : -1]
-    return token_logprobs_and_entropy(logits, resp)
+def _score(job: TrainJob, cfg: PPOConfig, texts: list[str], answers: list[str]) -> list[float]:
+    """The reward: the recipe's verifier (verify.verifier, math-verify by default), 1.0 correct else 0.0."""
+    from data_gen.verifiers import reward
+
+    return reward(texts, answers, cfg.reward_timeout_s, job.verifier, job.verifier_options)
 
 
-def _critic_forward(critic, ids, attn, pos, r):
-    """Value of the state before each response token ([B, R])."""
-    return critic(ids, attn, pos)[:, -r - 1 : -1]
+def _return_freed_memory() -> None:
+    """Serve blocks of 1 MiB and more by mmap, so that freeing a tensor returns its memory at once.
+
+    glibc otherwise keeps the freed blocks of PPO's large short-lived tensors (logit chunks, activations) in its
+    heaps, and the resident set grew with fragmentation over one SmolLM2 iteration (what MALLOC_MMAP_THRESHOLD_
+    does at start-up; benchmarks/dft_overhead.py sets it for the same reason). A no-op outside glibc.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _adamw(params, lr: float, cfg: PPOConfig):
+    """AdamW with the fused kernel (no full-size temporaries, unlike the foreach default)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             fused=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,125 +280,168 @@ class PPOTrainerPlugin(Trainer):
     def train(self, job: TrainJob, cfg: PPOConfig) -> TrainResult:
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-        from data_gen.samplers import hf_generate
-        from data_gen.verifier import reward
+        from data_gen.samplers import stop_token_ids
 
         require_columns(job.data, ["problem", "answer"], "ppo (rl prompts)")
         if len(job.data) == 0:
             raise ValueError("ppo: the rl prompts are empty")
-        torch.set_num_threads(job.num_threads)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("ppo: num_workers > 1 is not supported (one process rolls out and trains)")
+        torch.set_num_threads(max(1, job.num_threads))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cpu":
+            _return_freed_memory()
         random.seed(job.seed)
         np.random.seed(job.seed)
         torch.manual_seed(job.seed)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if cfg.bf16 else None
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
         tokenizer = AutoTokenizer.from_pretrained(job.base_model)
-        actor = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=dtype).to(device)
-        ref = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=dtype).to(device).requires_grad_(False)
-        critic = Critic(str(job.base_model), dtype=dtype).to(device)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        actor = _no_dropout(AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32)).to(device)
+        critic = _no_dropout(Critic(str(job.base_model))).to(device)
+        ref = None
+        if cfg.kl_coef > 0:  # frozen, so bf16 weights lose nothing to rounded updates (verl's ref is bf16 too)
+            ref = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.bfloat16)
+            ref = _no_dropout(ref).to(device).requires_grad_(False).eval()
         if cfg.gradient_checkpointing:
-            actor.gradient_checkpointing_enable()
-            critic.body.gradient_checkpointing_enable()
-        for m in (actor, ref, critic):
-            m.eval()  # no dropout anywhere: the ratio is exactly 1 before the first update
+            actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            critic.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        stops = stop_token_ids(tokenizer, actor.generation_config)
+        engine_kind = rollouts.resolve(cfg.rollout_engine)
+        engine = self.rollout_engine(engine_kind, job, cfg, actor, tokenizer, stops)
 
         problems, answers = job.data["problem"].to_list(), job.data["answer"].to_list()
         prompts = [render_prompt(tokenizer, p, job.template) for p in problems]
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         n_prompts = min(cfg.rollout_batch_size, len(prompts))
         iterations = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / n_prompts)
         seqs = n_prompts * cfg.samples_per_prompt
         minibatch = min(cfg.batch_size, seqs)
         opt_steps = iterations * cfg.ppo_epochs * math.ceil(seqs / minibatch)
         warmup = int(cfg.warmup_ratio * opt_steps)
-        actor_opt = torch.optim.AdamW(actor.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_learning_rate, weight_decay=cfg.weight_decay)
+        actor_opt = _adamw(actor.parameters(), cfg.learning_rate, cfg)
+        critic_opt = _adamw(critic.parameters(), cfg.critic_learning_rate, cfg)
         actor_sched = get_scheduler(cfg.lr_scheduler, actor_opt, warmup, opt_steps)
         critic_sched = get_scheduler(cfg.lr_scheduler, critic_opt, warmup, opt_steps)
-        log = MetricsLog(job.metrics_path)
+        log = job.metrics_log()
         rng = np.random.default_rng(job.seed)
         order: list[int] = []
         train_tokens = rollout_tokens = 0
-        mb = cfg.per_device_batch_size
+        mb, chunk = cfg.per_device_batch_size, cfg.logits_chunk_tokens
+        sync_s = engine.sync(actor)  # a reused engine may hold other weights
+
+        def logprobs(model, j, with_entropy=False):
+            with autocast:
+                return response_logprobs(model, ids[j], attn[j], pos[j], resp[j], cfg.temperature, chunk,
+                                         with_entropy)
+
+        def values_of(j):
+            with autocast:
+                return critic(ids[j], attn[j], pos[j], R)
 
         for step in range(1, iterations + 1):
-            # ---- rollout: sample, score, and compute old log-probs, reference log-probs and values
+            # ---- rollout: sample token ids, score the texts, then old log-probs, reference log-probs, values
+            t0 = time.perf_counter()
             while len(order) < n_prompts:
                 order += rng.permutation(len(prompts)).tolist()
             idx, order = order[:n_prompts], order[n_prompts:]
-            batch_prompts = [prompts[i] for i in idx]
-            completions = hf_generate(actor, tokenizer, batch_prompts, cfg.samples_per_prompt,
-                                      cfg.temperature, cfg.top_p, cfg.max_completion_length)
-            texts, golds, seq_prompts, responses = [], [], [], []
-            for i, row in zip(idx, completions):
-                for c in row:
-                    ids = tokenizer(c.text, add_special_tokens=False)["input_ids"][: cfg.max_completion_length]
-                    if c.finish_reason == "stop":
-                        ids = ids + [tokenizer.eos_token_id]
-                    texts.append(c.text)
-                    golds.append(answers[i])
-                    seq_prompts.append(prompts[i])
-                    responses.append(ids)
-            scores = torch.tensor(reward(texts, golds, timeout_s=cfg.reward_timeout_s), device=device)
-            ids, attn, pos, resp, mask = _batch_tensors(tokenizer, seq_prompts, responses, device)
+            actor.eval()
+            samples = engine.generate([prompts[i] for i in idx], cfg.samples_per_prompt, cfg.temperature,
+                                      cfg.top_p, cfg.max_completion_length)
+            rows = [(i, s) for i, row in zip(idx, samples) for s in row]
+            rollout_s = time.perf_counter() - t0
+            scores = torch.tensor(_score(job, cfg, [s.text for _, s in rows], [answers[i] for i, _ in rows]),
+                                  device=device)
+            ids, attn, pos, resp, mask = _batch_tensors([prompt_ids[i] for i, _ in rows],
+                                                        [s.token_ids for _, s in rows], pad, device)
             rollout_tokens += int(attn.sum())
             R = resp.shape[1]
+            critic.eval()
             with torch.no_grad():
-                old_logp, ref_logp, old_values = [], [], []
+                old_logp, ref_logp, old_values, entropy = [], [], [], []
                 for s in range(0, len(ids), mb):
-                    sl = slice(s, s + mb)
-                    old_logp.append(_actor_forward(actor, ids[sl], attn[sl], pos[sl], resp[sl])[0])
-                    ref_logp.append(_actor_forward(ref, ids[sl], attn[sl], pos[sl], resp[sl])[0])
-                    old_values.append(_critic_forward(critic, ids[sl], attn[sl], pos[sl], R))
+                    j = slice(s, s + mb)
+                    lp, ent = logprobs(actor, j, with_entropy=True)
+                    old_logp.append(lp)
+                    entropy.append(ent)
+                    ref_logp.append(logprobs(ref, j)[0] if ref is not None else lp)
+                    old_values.append(values_of(j))
                 old_logp, ref_logp, old_values = torch.cat(old_logp), torch.cat(ref_logp), torch.cat(old_values)
-                kl = (old_logp - ref_logp) * mask  # k1 estimator per token
-                rewards = -cfg.kl_coef * kl
+                kl = kl_estimate(old_logp, ref_logp, "k1") * mask
+                rewards = -cfg.kl_coef * kl if cfg.kl_in_reward else torch.zeros_like(kl)
                 last = (mask.sum(1).long() - 1).clamp(min=0)
                 rewards[torch.arange(len(ids)), last] += scores  # verifier reward at the final token
                 advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 if cfg.whiten_advantages:
                     advantages = whiten(advantages, mask)
+            kl_loss = cfg.kl_coef > 0 and not cfg.kl_in_reward
 
-            # ---- update: ppo_epochs passes of minibatches, micro-batches accumulate gradients
-            sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "entropy": 0.0}
+            # ---- update: ppo_epochs passes of minibatches; micro-batches accumulate gradients; the actor
+            # steps and frees its gradients before the critic's backward passes
+            actor.train()
+            critic.train()
+            sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "kl_loss": 0.0}
             n_mb = 0
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(len(ids), device=device)
                 for s in range(0, len(ids), minibatch):
                     mb_idx = perm[s : s + minibatch]
                     mb_tokens = mask[mb_idx].sum().clamp(min=1)
-                    actor_opt.zero_grad()
-                    critic_opt.zero_grad()
                     for u in range(0, len(mb_idx), mb):
                         j = mb_idx[u : u + mb]
                         w = mask[j].sum() / mb_tokens  # token-mean over the whole minibatch
-                        logp, ent = _actor_forward(actor, ids[j], attn[j], pos[j], resp[j])
+                        logp, ent = logprobs(actor, j, with_entropy=cfg.entropy_coef > 0)
                         pl_, cf = policy_loss(logp, old_logp[j], advantages[j], mask[j], cfg.clip_ratio)
-                        ent_m = masked_mean(ent, mask[j])
-                        ((pl_ - cfg.entropy_coef * ent_m) * w).backward()
-                        values = _critic_forward(critic, ids[j], attn[j], pos[j], R)
-                        vl = value_loss(values, old_values[j], returns[j], mask[j], cfg.value_clip)
-                        (vl * w).backward()
-                        for k, v in (("policy_loss", pl_), ("value_loss", vl), ("clipfrac", cf), ("entropy", ent_m)):
-                            sums[k] += float(v.detach()) * float(w)
+                        loss = pl_
+                        if kl_loss:
+                            kll = masked_mean(kl_estimate(logp, ref_logp[j], "k3"), mask[j])
+                            loss = loss + cfg.kl_coef * kll
+                            sums["kl_loss"] += float(kll.detach()) * float(w)
+                        if ent is not None:
+                            loss = loss - cfg.entropy_coef * masked_mean(ent, mask[j])
+                        (loss * w).backward()
+                        sums["policy_loss"] += float(pl_.detach()) * float(w)
+                        sums["clipfrac"] += float(cf.detach()) * float(w)
                     torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
-                    torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     actor_opt.step()
+                    actor_opt.zero_grad(set_to_none=True)
+                    for u in range(0, len(mb_idx), mb):
+                        j = mb_idx[u : u + mb]
+                        w = mask[j].sum() / mb_tokens
+                        vl = value_loss(values_of(j), old_values[j], returns[j], mask[j], cfg.value_clip)
+                        (vl * w).backward()
+                        sums["value_loss"] += float(vl.detach()) * float(w)
+                    torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     critic_opt.step()
+                    critic_opt.zero_grad(set_to_none=True)
                     lr = actor_sched.get_last_lr()[0]
                     actor_sched.step()
                     critic_sched.step()
                     n_mb += 1
                     train_tokens += int(attn[mb_idx].sum())
+            sync_s = engine.sync(actor)
             if step % cfg.logging_steps == 0 or step == iterations:
                 log.log(step, reward=float(scores.mean()), kl=float(masked_mean(kl, mask)),
-                        loss=sums["policy_loss"] / n_mb, **{k: v / n_mb for k, v in sums.items() if k != "policy_loss"},
-                        policy_loss=sums["policy_loss"] / n_mb, learning_rate=lr,
+                        loss=sums["policy_loss"] / n_mb, **{k: v / n_mb for k, v in sums.items()},
+                        entropy=float(masked_mean(torch.cat(entropy), mask)), learning_rate=lr,
                         critic_learning_rate=critic_sched.get_last_lr()[0],
-                        response_length=float(mask.sum(1).mean()), num_tokens=train_tokens)
+                        response_length=float(mask.sum(1).mean()), num_tokens=train_tokens,
+                        rollout_s=round(rollout_s, 3), sync_s=round(sync_s, 3),
+                        step_s=round(time.perf_counter() - t0, 3))
 
+        log.close()
+        engine.close()
         job.model_dir.mkdir(parents=True, exist_ok=True)
         actor.save_pretrained(job.model_dir)
         tokenizer.save_pretrained(job.model_dir)
         return TrainResult(job.model_dir, train_tokens=train_tokens, steps=iterations,
-                           extra={"rollout_tokens": rollout_tokens, "optimizer_steps": opt_steps})
+                           extra={"rollout_tokens": rollout_tokens, "optimizer_steps": opt_steps,
+                                  "rollout_engine": engine_kind})
+
+    def rollout_engine(self, kind: str, job: TrainJob, cfg: PPOConfig, actor, tokenizer, stops: list[int]):
+        """The rollout engine (workbench/trainers/rollout.py); tests override this to reuse one engine."""
+        if kind == "vllm":
+            return rollouts.VLLMRollout(str(job.base_model), tokenizer, stops, job.seed, cfg.rollout_dtype,
+                                        cfg.rollout_kv_cache_gb, cfg.rollout_gpu_memory_utilization)
+        return rollouts.HFRollout(actor, tokenizer, stops, cfg.rollout_hf_batch_size)

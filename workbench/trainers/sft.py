@@ -49,6 +49,8 @@ class SFTTrainerPlugin(Trainer):
     name: ClassVar[str] = "sft"
     consumes: ClassVar[str] = "demonstrations"
     Config: ClassVar[type[TrainConfig]] = SFTConfig
+    distributed: ClassVar[bool] = True  # N workers: FSDP2 (launch.py)
+    checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py)
 
     def train(self, job: TrainJob, cfg: TrainConfig) -> TrainResult:
         return train_token_loss(job, cfg, kind="ce", what=f"{self.name} ({getattr(cfg, 'data', self.consumes)})")

@@ -1,0 +1,114 @@
+"""Memory and disk estimates (workbench/resources.py) and memory-aware training launches."""
+
+import json
+
+import pytest
+import ray
+
+from workbench import train_stage
+from workbench.pipeline import Pipeline
+from workbench.recipe import parse_recipe
+from workbench.resources import check_disk, memory_kill, train_memory_gb, with_memory
+from workbench.toy_model import save_random_toy_model
+
+SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
+           "dtype": "float32"}
+OOM = ("Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1, ID: ab) where "
+       "the task (task ID: cd, name=_single, pid=42, memory used=12.40GB) was running was 22.59GB / 23.54GB "
+       "(0.959), which exceeds the memory usage threshold of 0.95.")
+
+
+def smollm2_shaped(tmp_path):
+    folder = tmp_path / "smollm2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(SMOLLM2))
+    with open(folder / "model.safetensors", "wb") as f:  # sparse: the size of SmolLM2-135M's fp32 weights
+        f.truncate(538_090_408)
+    return str(folder)
+
+
+def entries(*specs):
+    recipe = parse_recipe({"run": {"name": "t"}, "model": "toy:arith", "train": list(specs)}, "t.yaml")
+    return recipe.train
+
+
+def test_estimate_matches_the_ppo_entry_ray_killed_and_orders_algorithms(tmp_path):
+    model = smollm2_shaped(tmp_path)
+    common = {"per_device_batch_size": 8, "max_length": 384}
+    rl = {**common, "max_completion_length": 192}
+    ppo, grpo, dft = entries({"name": "ppo", "algorithm": "ppo", **rl},
+                             {"name": "grpo", "algorithm": "grpo", "beta": 0.001, **rl},
+                             {"name": "dft", "algorithm": "dft", **common})
+    # issue 16: Ray's monitor saw this PPO entry (recipes/smollm2-135m.yaml) hold 12.4 GB resident
+    assert 11.0 <= train_memory_gb(ppo, model) * 2**30 / 1e9 <= 14.0
+    assert train_memory_gb(ppo, model) > train_memory_gb(grpo, model) > train_memory_gb(dft, model) > 1.5
+
+
+def test_explicit_memory_is_kept_checked_and_the_estimate_capped(tmp_path):
+    model = smollm2_shaped(tmp_path)
+    own, est = entries({"name": "a", "algorithm": "dft", "memory_gb": 3},
+                       {"name": "b", "algorithm": "ppo", "per_device_batch_size": 8, "max_length": 384,
+                        "max_completion_length": 192})
+    assert with_memory(own, model, 16.0) == (own, "")
+    with pytest.raises(ValueError, match=r"train/a: memory_gb 3 is more than any Ray node has \(2.0 GiB\)"):
+        with_memory(own, model, 2.0)
+    capped, note = with_memory(est, model, 8.0)
+    assert capped.memory_gb == 7.2 and "capped" in note and est.memory_gb is None
+    assert capped.config is est.config  # the validated algorithm config travels with the copy
+
+
+def test_memory_kill_reads_ray_numbers():
+    assert memory_kill(ray.exceptions.OutOfMemoryError(OOM)) == \
+        "it used 12.40GB; the node had 22.59GB of 23.54GB in use"
+    assert memory_kill(ValueError("bad row")) is None
+
+
+def test_disk_refusal_gives_the_numbers(tmp_path):
+    check_disk(tmp_path, [("generate", 1024)])
+    with pytest.raises(OSError, match=rf"{tmp_path}: not enough disk: the stages to run need about 2097153.00 GiB "
+                                      r"\(generate 1.00, train/dft 2097152.00\), the filesystem has [\d.]+ GiB free"):
+        check_disk(tmp_path, [("generate", 2**30), ("train/dft", 2**51)])
+
+
+# --- the train stage: Ray's memory resource, and one lone retry of an entry killed for memory -----------
+
+@ray.remote(num_cpus=0)
+def fake_train(name: str, out: str, oom: bool):
+    if oom:
+        raise ray.exceptions.OutOfMemoryError(OOM)
+    return {"steps": 1, "memory": ray.get_runtime_context().get_assigned_resources().get("memory", 0)}
+
+
+def test_killed_for_memory_retries_once_alone_then_reports(tmp_path, monkeypatch):
+    from workbench.trainers import launch as launch_mod
+
+    model = str(save_random_toy_model(tmp_path / "model"))
+    recipe = parse_recipe({"run": {"name": "t", "out_dir": str(tmp_path)}, "model": model,
+                           "train": [{"name": n, "algorithm": "sft", "memory_gb": 0.25} for n in "abc"]},
+                          "t.yaml")
+    pipe = Pipeline(recipe)
+    calls = []
+
+    def fake_launch(entry, train_fn, *args, out_dir, trainer_cls=None):
+        finished = sorted(p.parent.name for p in (tmp_path / "t" / "train").glob("*/manifest.json"))
+        calls.append((entry.name, finished))
+        oom = entry.name == "c" or (entry.name == "a" and [c[0] for c in calls].count("a") == 1)
+        return fake_train.remote(entry.name, str(out_dir), oom)
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        # the real launch reserves the entry's memory_gb as Ray's `memory` resource
+        assigned = ray.get(launch_mod.launch(recipe.train[0], lambda: ray.get_runtime_context()
+                                             .get_assigned_resources(), out_dir=tmp_path))
+        assert assigned.get("memory") == 0.25 * 2**30, assigned
+        monkeypatch.setattr(launch_mod, "launch", fake_launch)
+        with pytest.raises(RuntimeError, match=r"train/c: killed for memory twice, the second time alone "
+                                               r"\(reserved 0.25 GiB; it used 12.40GB"):
+            train_stage.run_train_stages(pipe, [s for s in pipe.stages if s.kind == "train"], model)
+    finally:
+        ray.shutdown()
+    names = [c[0] for c in calls]
+    assert names[:3] == ["a", "b", "c"] and sorted(names[3:]) == ["a", "c"]
+    assert all("b" in done for name, done in calls[3:])  # the retries started after b had finished
+    assert (tmp_path / "t" / "train" / "a" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "t" / "train" / "b" / "manifest.json").read_text())["counts"]["steps"] == 1

@@ -1,0 +1,139 @@
+"""What a stage will need before it starts: memory of a train entry (for Ray's `memory` resource) and disk.
+
+Memory (`train_memory_gb`, used when a train entry leaves `memory_gb` unset): a rough estimate from the
+base model's weight files and config, the algorithm and its batch, in GiB:
+
+    1.5 (python, torch, a Ray worker)
+    + P * (16 B per trainable model [fp32 weights, gradients, AdamW's two moments] + 4 B per frozen one)
+    + tokens * 4 B * (3 * vocab [logits, log-softmax, their gradient] + layers * (12 * hidden + 3 * ffn)) / 2
+
+with P the parameter count, tokens = per_device_batch_size * max_length per trainable model, and the final
+/2 because a batch is padded to its longest sequence, not to max_length (about half on average). DPO and
+GRPO (beta > 0) hold a frozen reference; PPO trains a critic beside the actor and holds a reference. On
+SmolLM2-135M's PPO entry of recipes/smollm2-135m.yaml it gives 12.4 GB, the resident size Ray's memory
+monitor reported for that entry (issue 16) -- one calibration point, so set `memory_gb` where it matters.
+
+Disk (`disk_needed`): generate's samples (every prompt x n x max_tokens at ~4 bytes a token, twice: the
+shards and samples.parquet exist together for a moment) and each train entry's model folder (the base
+model's weight files, in fp32 when it trains in fp32) plus, with `save_steps`, one resumable checkpoint
+(weights and AdamW moments: three times the fp32 weights).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+GIB = 2**30
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def model_shape(base_model: str) -> dict:
+    """params, vocab, hidden, layers, ffn, weight_bytes of a local model folder (zeros where unknown)."""
+    folder = Path(base_model)
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    weight_bytes = sum(p.stat().st_size for p in folder.glob("*") if p.suffix in _WEIGHT_SUFFIXES) \
+        if folder.is_dir() else 0
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return {"params": weight_bytes // _DTYPE_BYTES.get(dtype, 4), "vocab": int(cfg.get("vocab_size", 0)),
+            "hidden": int(cfg.get("hidden_size", 0)), "layers": int(cfg.get("num_hidden_layers", 0)),
+            "ffn": int(cfg.get("intermediate_size", 0)), "weight_bytes": weight_bytes}
+
+
+def train_memory_gb(entry, base_model: str) -> float:
+    """Estimated peak memory (GiB) of one worker of a train entry; see the module docstring."""
+    shape = model_shape(base_model)
+    cfg = entry.config
+    trainable, frozen = 1, 0
+    if entry.algorithm == "ppo":
+        trainable, frozen = 2, 1
+    elif entry.algorithm == "dpo" or (entry.algorithm == "grpo" and getattr(cfg, "beta", 0) > 0):
+        frozen = 1
+    per_token = 4 * (3 * shape["vocab"] + shape["layers"] * (12 * shape["hidden"] + 3 * shape["ffn"]))
+    tokens = getattr(cfg, "per_device_batch_size", 8) * getattr(cfg, "max_length", 2048) * trainable
+    total = 1.5 * GIB + shape["params"] * (16 * trainable + 4 * frozen) + per_token * tokens / 2
+    return round(total / GIB, 2)
+
+
+def samples_bytes(n_prompts: int, n: int, max_tokens: int) -> int:
+    return n_prompts * n * max_tokens * 4 * 2
+
+
+def train_bytes(entry, base_model: str) -> int:
+    shape = model_shape(base_model)
+    fp32 = shape["params"] * 4
+    return max(shape["weight_bytes"], fp32) + (3 * fp32 if getattr(entry, "save_steps", 0) else 0)
+
+
+def disk_needed(stages, recipe, base_model: str, n_prompts: int | None) -> list[tuple[str, int]]:
+    """(stage name, bytes it will write) for the generate and train stages among `stages`."""
+    needs = []
+    for stage in stages:
+        if stage.kind == "generate":
+            prompts = n_prompts or recipe.prompts.max_prompts or 0
+            g = recipe.generate
+            needs.append((stage.name, samples_bytes(prompts, g.n, g.max_tokens)))
+        elif stage.kind == "train":
+            needs.append((stage.name, train_bytes(recipe.train[stage.extra["entry_index"]], base_model)))
+    return needs
+
+
+def check_disk(root: Path, needs: list[tuple[str, int]]) -> None:
+    """Raise one line with the numbers when the filesystem of `root` cannot hold what `needs` will write."""
+    total = sum(b for _, b in needs)
+    if not total:
+        return
+    where = Path(root).absolute()
+    while not where.exists():  # the run directory may not exist yet: its filesystem is its parent's
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if total > free:
+        parts = ", ".join(f"{name} {b / GIB:.2f}" for name, b in needs)
+        raise OSError(f"{root}: not enough disk: the stages to run need about {total / GIB:.2f} GiB "
+                      f"({parts}), the filesystem has {free / GIB:.2f} GiB free")
+
+
+def node_memory_gb() -> float:
+    """The largest `memory` resource of a live Ray node (GiB): more than that can never be scheduled."""
+    import ray
+
+    return max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0) / GIB
+
+
+def with_memory(entry, base_model: str, node_gb: float):
+    """The entry with `memory_gb` set (its own, else the estimate capped to fit on the largest node), and a
+    note when the estimate was capped; refuses an explicit memory_gb no node has."""
+    if entry.memory_gb is not None:
+        if node_gb and entry.memory_gb > node_gb:
+            raise ValueError(f"train/{entry.name}: memory_gb {entry.memory_gb:g} is more than any Ray node "
+                             f"has ({node_gb:.1f} GiB): it could never be scheduled")
+        return entry, ""
+    estimate = train_memory_gb(entry, base_model)
+    note = ""
+    if node_gb and estimate > 0.9 * node_gb:
+        note = f"estimated {estimate:.1f} GiB, capped to 90% of the node's {node_gb:.1f} GiB"
+        estimate = round(0.9 * node_gb, 2)
+    return entry.model_copy(update={"memory_gb": estimate}), note
+
+
+def memory_kill(exc: BaseException) -> str | None:
+    """For an error of a task killed by Ray's memory monitor, the numbers it gave (else None)."""
+    import re
+
+    import ray
+
+    cause = getattr(exc, "cause", None) or exc
+    if not isinstance(cause, ray.exceptions.OutOfMemoryError):
+        return None
+    text = str(cause)
+    used = re.search(r"memory used=([\d.]+\s*[GMK]i?B)", text)
+    node = re.search(r"([\d.]+\s*[GMK]i?B)\s*(?:used\s*)?/\s*([\d.]+\s*[GMK]i?B)", text)
+    parts = ([f"it used {used.group(1)}"] if used else []) + \
+        ([f"the node had {node.group(1)} of {node.group(2)} in use"] if node else [])
+    return "; ".join(parts) or text.strip().splitlines()[0]
