@@ -61,14 +61,6 @@ def test_kept_checkpoints_follow_the_layout(tmp_path):
     assert kept_checkpoints(tmp_path / "nothing") == []
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_one_engine_reloads_each_checkpoint(ray_local, tmp_path, monkeypatch):
     """Scoring the second checkpoint on the reused (reloaded) engine gives exactly what a fresh engine on that
     checkpoint gives, and engines start once for the whole entry."""

@@ -15,14 +15,6 @@ from evaluators.evaluate import (
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def toy_model():
     """A toy model pretrained for a few steps (about 10 s, cached); the full `toy:arith` takes minutes."""
     import torch

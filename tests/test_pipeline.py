@@ -182,3 +182,25 @@ def test_damaged_output_reruns_its_stage_and_dependants_naming_the_file(stages, 
         Pipeline(recipe(model_dir, tmp_path)).run()
         assert stages == ["generate", "verify", "build", "report"], damage.__name__
         assert f"generate runs again: {target}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_changing_the_verifier_retrains_online_entries_only(tmp_path):
+    """GRPO/PPO's reward is the recipe's verifier: changing it reruns them; offline entries follow build."""
+    import copy
+
+    from workbench.pipeline import plan
+
+    train = {"train": [{"name": "dft", "algorithm": "dft"}, {"name": "grpo", "algorithm": "grpo"}]}
+    data = {"run": {"name": "t", "out_dir": str(tmp_path)}, "model": "toy:arith", **train}  # planning only
+    before = {s.name: s.input_hash for s in plan(parse_recipe(copy.deepcopy(data), "t.yaml"))}
+    after = {s.name: s.input_hash for s in plan(parse_recipe(data, "t.yaml", ["verify.verifier=exact"]))}
+    changed = {name for name in before if before[name] != after[name]}
+    assert {"train/grpo", "eval/grpo", "verify", "build", "train/dft"} <= changed
+    assert "prompts" not in changed and "generate" not in changed
+    table1 = {"run": {"name": "t", "out_dir": str(tmp_path)}, "model": "toy:arith",
+              "train": [{"name": "grpo", "algorithm": "grpo"}]}  # no verify stage at all
+    one = plan(parse_recipe(copy.deepcopy(table1), "t.yaml"))
+    two = plan(parse_recipe(table1, "t.yaml", ["verify.verifier=exact"]))
+    assert {s.name for s in one if s.kind == "train"} == {"train/grpo"}
+    assert [s.input_hash for s in one if s.name == "train/grpo"] != [s.input_hash for s in two
+                                                                       if s.name == "train/grpo"]

@@ -15,15 +15,6 @@ def model_dir(tmp_path_factory):
     return str(save_random_toy_model(tmp_path_factory.mktemp("toy")))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_render_prompts_uses_template(model_dir):
     rendered = render_prompts(model_dir, PROBLEMS[:2], TemplateConfig(use_chat_template=False))
     assert rendered[0].startswith("1+2\n") and "\\boxed{}" in rendered[0]

@@ -32,15 +32,6 @@ PATHOLOGICAL = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("response,gold", EQUIVALENT)
 def test_equivalent(response, gold):
     g = grade(response, gold)

@@ -40,15 +40,6 @@ def plugin_site(tmp_path_factory):
     registry.reload()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 class Sleepy(Verifier):
     name = "sleepy"
 

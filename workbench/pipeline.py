@@ -96,6 +96,18 @@ def needs_samples(recipe: Recipe) -> bool:
     return bool(kinds & {"positives", "pairs"})
 
 
+def reward_config(recipe: Recipe, i: int, dump: dict) -> dict:
+    """What an online entry (consumes prompts) hashes besides its own config: the verifier that is its reward,
+    so changing `verify.verifier` or its options retrains GRPO/PPO (offline entries see it through `build`)."""
+    from workbench.registry import get_trainer
+    from workbench.train_stage import data_kind
+
+    entry = recipe.train[i]
+    if data_kind(get_trainer(entry.algorithm), entry.config) != "prompts":
+        return {}
+    return {"reward": {k: dump["verify"].get(k) for k in ("verifier", "options")}}
+
+
 def plan(recipe: Recipe) -> list[Stage]:
     """Every stage of the recipe in run order, with its dependencies and hashed config slice."""
     dump = recipe.model_dump(mode="json")
@@ -115,7 +127,8 @@ def plan(recipe: Recipe) -> list[Stage]:
     at = {s: f"@s{s}" if len(seeds) > 1 else "" for s in seeds}
     train_cfgs = [{"model": model, "template": dump["template"],
                    "entry": {k: v for k, v in dump["train"][i].items()  # where/how it runs: not hashed
-                             if not (k == "sweep" and v is None) and k not in LAUNCH_FIELDS}}
+                             if not (k == "sweep" and v is None) and k not in LAUNCH_FIELDS},
+                   **reward_config(recipe, i, dump)}
                   for i in range(len(recipe.train))]
     if any(e.sweep for e in recipe.train):  # every trial first, then tune/<entry> picks the values
         from workbench.sweep import sweep_stages, validation_config
