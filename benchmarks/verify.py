@@ -21,7 +21,7 @@ from pathlib import Path
 
 def load_pairs() -> list[tuple[str, str]]:
     env = os.environ.get("WORKBENCH_BENCHMARKS_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / "evaluators" / "data"  # shipped copy
     rows = [json.loads(line) for line in (root / "math500.jsonl").read_text().splitlines() if line.strip()]
     pairs = [(r["solution"], r["answer"]) for r in rows]
     pairs += [(r["solution"], rows[(i + 1) % len(rows)]["answer"]) for i, r in enumerate(rows)]
