@@ -1,0 +1,99 @@
+"""PPO's pure math, as verl writes it (verl/trainer/ppo/core_algos.py): GAE, whitening, the clipped surrogate
+and value losses, the KL estimates, and response log-probabilities computed in checkpointed chunks.
+
+Every tensor is [batch, response_len]; `mask` is 1 on real response tokens. `workbench/trainers/ppo.py` is the
+trainer that uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def compute_gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimation. Returns (advantages, returns = advantages + values).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; after the last valid
+    token the episode has ended (V = 0, A = 0). Padding (mask 0) must come after the valid tokens.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = delta + gamma * lam * next_adv
+        next_value, next_adv = values[:, t], advantages[:, t]
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens (unbiased variance, as verl's masked_whiten)."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
+    """PPO clipped surrogate, averaged over valid tokens. Returns (loss, clipfrac)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    loss_unclipped = -advantages * ratio
+    loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
+    return loss, clipfrac
+
+
+def value_loss(values, old_values, returns, mask, clip: float):
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clamp(V - V_old, +-clip)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return loss
+
+
+def kl_estimate(logprobs, ref_logprobs, kind: Literal["k1", "k3"]):
+    """Per-token KL(pi || pi_ref) estimates (verl core_algos.kl_penalty): k1 = log pi - log pi_ref (verl "kl",
+    used in the reward); k3 = exp(-k1) + k1 - 1, clamped to [-10, 10] (verl "low_var_kl", the loss term)."""
+    k1 = logprobs - ref_logprobs
+    return k1 if kind == "k1" else torch.clamp(torch.exp(-k1) + k1 - 1, -10.0, 10.0)
+
+
+def _chunk_logprobs(head, hidden, tokens, temperature: float, with_entropy: bool):
+    """log p(token) (and the entropy) for one chunk of positions: logits exist for this chunk only."""
+    logits = head(hidden).float() / temperature
+    lse = logits.logsumexp(-1)
+    logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp.unsqueeze(0)
+    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    return torch.stack([logp, entropy])
+
+
+def response_logprobs(model, ids, attn, pos, resp, temperature: float = 1.0, chunk_tokens: int = 1024,
+                      with_entropy: bool = False):
+    """log pi(resp_t | prefix) of the response tokens ([B, R]) and, if asked, the entropies (else None).
+
+    The transformer runs once; the LM head runs on the response positions only, `chunk_tokens` positions x
+    rows at a time, each chunk checkpointed when gradients are on (backward recomputes its logits instead of
+    keeping them). Logits are divided by the sampling temperature, as verl's actor does.
+    """
+    r = resp.shape[1]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                              use_cache=False).last_hidden_state[:, -r - 1 : -1]
+    head, step = model.get_output_embeddings(), max(1, chunk_tokens // max(1, ids.shape[0]))
+    parts = []
+    for s in range(0, r, step):
+        args = (head, hidden[:, s : s + step], resp[:, s : s + step], temperature, with_entropy)
+        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logprobs(*args))
+    out = torch.cat(parts, dim=-1)
+    return out[0], (out[1] if with_entropy else None)
