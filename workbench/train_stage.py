@@ -53,13 +53,14 @@ def writer_lock(out: Path, timeout_s: float = 120.0):
     """
     import fcntl
 
+    from workbench.rundir import WRITER_LOCK
     from workbench.trainers.checkpoint import rank_world
 
     if rank_world()[0] != 0:
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".writer.lock", "w") as f:
+    with open(out / WRITER_LOCK, "w") as f:
         deadline = time.time() + timeout_s
         while True:
             try:
