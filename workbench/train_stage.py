@@ -8,7 +8,6 @@ of the data it consumed, its training tokens and wall time.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -28,14 +27,6 @@ DATA_FILES = {
     "prompts": "rl_prompts.parquet",
     "demonstrations": "demonstrations.parquet",
 }
-
-
-def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def data_kind(trainer_cls, cfg) -> str:
@@ -82,6 +73,7 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
 
     from workbench.models import model_fingerprint
     from workbench.registry import get_trainer
+    from workbench.rundir import file_checksum
     from workbench.trainers.launch import worker_resources
 
     trainer_cls = get_trainer(entry.algorithm)
@@ -103,7 +95,7 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
         "algorithm": entry.algorithm,
         "data": kind,
         "data_rows": data.height,
-        "data_fingerprint": file_fingerprint(data_path),
+        "data_fingerprint": file_checksum(data_path),  # as the build manifest records it
         "base_model": str(base_model),
         "base_model_fingerprint": model_fingerprint(str(base_model)),
         "train_tokens": int(result.train_tokens),
