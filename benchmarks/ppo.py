@@ -63,6 +63,8 @@ def child(args) -> None:
     print(json.dumps({
         "engine": args.engine, "iterations": len(rows), "step_s": steps,
         "rollout_s": [r["rollout_s"] for r in rows], "sync_s": [r["sync_s"] for r in rows],
+        "score_s": [r["score_s"] for r in rows], "prep_s": [r["prep_s"] for r in rows],
+        "update_s": [r["update_s"] for r in rows],
         "reward": [r["reward"] for r in rows], "response_length": [r["response_length"] for r in rows],
         "setup_s": round(wall - sum(steps), 1), "peak_rss_gb": round(rss_kib("VmHWM") / 2**20, 3),
         "rollout_tokens": result.extra["rollout_tokens"],
@@ -89,19 +91,21 @@ def main() -> None:
         runs[engine] = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(runs[engine]), flush=True)
 
-    def iteration_s(run):
-        steps = run["step_s"][1:] if len(run["step_s"]) > 1 else run["step_s"]
-        return statistics.median(steps)
+    def median(run, key="step_s"):  # the first iteration (warm-up) left out when there are more
+        values = run[key][1:] if len(run[key]) > 1 else run[key]
+        return round(statistics.median(values), 3)
 
     print(json.dumps({
-        "iteration_time_ratio": round(iteration_s(runs["hf"]) / iteration_s(runs["vllm"]), 3),
+        "iteration_time_ratio": round(median(runs["hf"]) / median(runs["vllm"]), 3),
         "peak_rss_gb": runs["vllm"]["peak_rss_gb"],
         "peak_rss_gb_hf": runs["hf"]["peak_rss_gb"],
-        "iteration_s_vllm": round(iteration_s(runs["vllm"]), 2),
-        "iteration_s_hf": round(iteration_s(runs["hf"]), 2),
-        "rollout_s_vllm": round(statistics.median(runs["vllm"]["rollout_s"]), 2),
-        "rollout_s_hf": round(statistics.median(runs["hf"]["rollout_s"]), 2),
-        "sync_s": round(statistics.median(runs["vllm"]["sync_s"]), 3),
+        "iteration_s_vllm": median(runs["vllm"]),
+        "iteration_s_hf": median(runs["hf"]),
+        "rollout_s_vllm": median(runs["vllm"], "rollout_s"), "rollout_s_hf": median(runs["hf"], "rollout_s"),
+        "rollout_time_ratio": round(median(runs["hf"], "rollout_s") / median(runs["vllm"], "rollout_s"), 3),
+        "sync_s": median(runs["vllm"], "sync_s"),
+        **{f"{key}_vllm": median(runs["vllm"], key) for key in ("score_s", "prep_s", "update_s")},
+        **{f"{key}_hf": median(runs["hf"], key) for key in ("score_s", "prep_s", "update_s")},
         "iterations": runs["vllm"]["iterations"], "threads": args.threads,
         "targets": {"iteration_time_ratio": ">= 1.5", "peak_rss_gb": "<= 6"},
     }))

@@ -164,9 +164,22 @@ def grade_many(verifier: Verifier, responses: list[str], golds: list[str], timeo
 
 def reward(responses: list[str], answers: list[str], timeout_s: float = 5.0, verifier: str = "math",
            options: dict | None = None) -> list[float]:
-    """Verifier reward for GRPO/PPO: 1.0 for a correct response, else 0.0 (same grades as the verify stage)."""
-    grades = grade_many(make_verifier(verifier, options), list(responses), list(answers), timeout_s)
-    return [1.0 if g.correct else 0.0 for g in grades]
+    """Verifier reward for GRPO/PPO: 1.0 for a correct response, else 0.0 (same grades as the verify stage).
+
+    Outside a main thread (a Ray Train worker runs its training loop in a thread) the grading runs in a Ray
+    task, which has a main thread; it reserves no CPU, so it never waits behind the workers that hold them."""
+    if threading.current_thread() is threading.main_thread():
+        grades = [g.correct for g in grade_many(make_verifier(verifier, options), list(responses), list(answers),
+                                                timeout_s)]
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            require_main_thread("the verifier reward")
+        task = ray.remote(num_cpus=0, max_retries=0)(grade_chunk)
+        grades = [row[0] for row in ray.get(task.remote(verifier, options or {}, list(responses), list(answers),
+                                                        timeout_s))]
+    return [1.0 if correct else 0.0 for correct in grades]
 
 
 def grade_chunk(name: str, options: dict, responses: list[str], golds: list[str], timeout_s: float) -> list[tuple]:

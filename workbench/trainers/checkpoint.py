@@ -106,6 +106,8 @@ def export_model(model, tokenizer, out: Path) -> None:
     state = None
     if isinstance(model, FSDPModule):
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+        state = {k: v for k, v in state.items() if k not in tied}  # a tied LM head is saved once, as unsharded
     if rank == 0:
         Path(out).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out, state_dict=state)  # transformers strips FSDP2's class-name prefix
@@ -148,34 +150,42 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _dcp_state(model, optimizer, extra_models: dict) -> dict:
+def _dcp_state(model, optimizer, extra_models: dict, trainables: dict) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optim": optim_sd,
-            **{name: get_model_state_dict(m) for name, m in extra_models.items() if m is not None}}
+    out = dict(zip(("model", "optim"), get_state_dict(model, optimizer)))
+    out |= {name: get_model_state_dict(m) for name, m in extra_models.items() if m is not None}
+    for name, (m, opt, _) in trainables.items():
+        out[name], out[f"{name}_optim"] = get_state_dict(m, opt)
+    return out
 
 
 def save_checkpoint(stage_dir: Path, step: int, *, model, optimizer, scheduler, tokenizer, counters: dict,
-                    keep_models: bool = False, extra_models: dict | None = None) -> Path:
+                    keep_models: bool = False, extra_models: dict | None = None,
+                    trainables: dict | None = None) -> Path:
     """Write checkpoints/step-<step>/ (model folder + DCP state) from every rank; return its path.
-    `extra_models`: other modules whose weights resume with the run (e.g. Proximal SFT's old policy)."""
+    `extra_models`: other modules whose weights resume with the run (e.g. Proximal SFT's old policy);
+    `trainables`: {name: (module, optimizer, scheduler)} trained beside the model (e.g. PPO's critic)."""
     import torch.distributed.checkpoint as dcp
 
     rank, _ = rank_world()
+    trainables = trainables or {}
     partial = _begin(stage_dir, step)
     with warnings.catch_warnings():  # one process: DCP warns that it assumes so
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(_dcp_state(model, optimizer, extra_models or {}), checkpoint_id=partial / "state",
+        dcp.save(_dcp_state(model, optimizer, extra_models or {}, trainables), checkpoint_id=partial / "state",
                  no_dist=rank_world()[1] == 1)
-    torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, partial / "state" / f"extra-rank{rank}.pt")
+    torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                "schedulers": {name: sched.state_dict() for name, (_, _, sched) in trainables.items()}},
+               partial / "state" / f"extra-rank{rank}.pt")
     export_model(model, tokenizer, partial / "model")
     return _commit(stage_dir, step, partial, {"format": "dcp", **counters}, keep_models)
 
 
-def load_latest(stage_dir: Path, *, model, optimizer, scheduler, extra_models: dict | None = None) -> dict | None:
-    """Restore model, optimizer, scheduler, RNG (and `extra_models`) from the newest resumable checkpoint;
-    return its info (step and loop counters), or None when there is none. Every rank calls this."""
+def load_latest(stage_dir: Path, *, model, optimizer, scheduler, extra_models: dict | None = None,
+                trainables: dict | None = None) -> dict | None:
+    """Restore model, optimizer, scheduler, RNG (and `extra_models`, `trainables`) from the newest resumable
+    checkpoint; return its info (step and loop counters), or None when there is none. Every rank calls this."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
@@ -187,28 +197,34 @@ def load_latest(stage_dir: Path, *, model, optimizer, scheduler, extra_models: d
     if info.get("format") != "dcp":
         raise ValueError(f"{path}: a {info.get('format')} checkpoint, not one this loop wrote")
     extra_models = {k: m for k, m in (extra_models or {}).items() if m is not None}
-    state = _dcp_state(model, optimizer, extra_models)
+    trainables = trainables or {}
+    state = _dcp_state(model, optimizer, extra_models, trainables)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=path / "state", no_dist=rank_world()[1] == 1)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     for name, m in extra_models.items():
         set_model_state_dict(m, state[name])
+    for name, (m, opt, _) in trainables.items():
+        set_state_dict(m, opt, model_state_dict=state[name], optim_state_dict=state[f"{name}_optim"])
     rank = rank_world()[0]
     extra_path = path / "state" / f"extra-rank{rank}.pt"
     if not extra_path.is_file():  # resumed on more workers than saved: RNG of rank 0, same schedule
         extra_path = path / "state" / "extra-rank0.pt"
     extra = torch.load(extra_path, weights_only=False)
     scheduler.load_state_dict(extra["scheduler"])
+    for name, (_, _, sched) in trainables.items():
+        sched.load_state_dict(extra["schedulers"][name])
     _set_rng_state(extra["rng"])
     return info
 
 
-def resume(job, *, model, optimizer, scheduler, extra_models: dict | None = None) -> dict:
+def resume(job, *, model, optimizer, scheduler, extra_models: dict | None = None,
+           trainables: dict | None = None) -> dict:
     """Resume a loop in `job.out_dir` (the stage's in-progress folder): restore the latest checkpoint and cut
     metrics.jsonl back to its step, so that every step is logged once. Returns its info ({"step": 0} if none)."""
     info = load_latest(job.out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                       extra_models=extra_models) or {"step": 0}
+                       extra_models=extra_models, trainables=trainables) or {"step": 0}
     if rank_world()[0] == 0:
         truncate_metrics(job.metrics_path, info["step"])
     barrier()

@@ -130,12 +130,13 @@ def worker_device():
     return device
 
 
-def shard(model) -> None:
-    """FSDP2: `fully_shard` each decoder layer (the model's `_no_split_modules` classes), then the root, so
-    parameters, gradients and optimizer states are split across the workers (PyTorch FSDP2 tutorial)."""
+def shard(model, layers_of=None) -> None:
+    """FSDP2: `fully_shard` each decoder layer (the `_no_split_modules` classes of `layers_of`, default the
+    model: a wrapper such as PPO's critic names its transformer), then the root, so parameters, gradients and
+    optimizer states are split across the workers (PyTorch FSDP2 tutorial)."""
     from torch.distributed.fsdp import fully_shard
 
-    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    layer_classes = set(getattr(layers_of or model, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
         raise ValueError(f"FSDP: found no decoder layers ({sorted(layer_classes)}) in {type(model).__name__}")

@@ -20,30 +20,43 @@ One *step* (what `max_steps` counts, what metrics.jsonl logs) is one PPO iterati
 "training step"). Rollouts come from `workbench/trainers/rollout.py`: a vLLM engine in this process whose
 weights follow the actor's (default where vLLM imports), or transformers `generate` on the actor. PPO trains
 on the token ids the engine sampled (a response a stop token ended keeps that token), never on re-tokenised
-text. Prompts are rendered with the run's template.
+text. Prompts are rendered with the run's template. metrics.jsonl times each phase: rollout_s, score_s (the
+verifier), prep_s (old / reference log-probs and values), update_s, sync_s, step_s (the whole iteration).
+
+With `num_workers: N` (Ray Train, launch.py) actor, critic and reference are sharded with FSDP2
+(ppo_models.py); every worker rolls out its equal share of each rollout batch with its own engine (vLLM, or HF
+generate on an unsharded copy), whose weights are gathered from the shards after every update; advantages are
+whitened with the whole batch's mean and variance, and each minibatch's token-mean losses are summed over the
+workers, so the update is the one a single process would make on the same samples. `save_steps` checkpoints
+actor, critic, both optimizers and schedulers, RNG and the prompt order (checkpoint.py); a killed run resumes
+from the latest. HF-generate rollouts resume exactly; vLLM's sampler is seeded once at engine start, so a
+resumed vLLM run samples other responses from the resume on.
 
 Precision and memory: actor and critic keep float32 master weights and run under bf16 autocast when `bf16` is
-set; the reference, frozen, is held in bf16 (its log-probabilities are computed in float32); log-probabilities are taken from the response positions'
-hidden states through the LM head in checkpointed chunks (`ppo_core.response_logprobs`), so no `[batch, seq, vocab]`
-float32 tensor is ever materialised, and the entropy enters the graph only when `entropy_coef` > 0.
+set; the reference, frozen, is held in bf16 (its log-probabilities are computed in float32); log-probabilities
+are taken from the response positions' hidden states through the LM head in checkpointed chunks
+(`ppo_core.response_logprobs`), so no `[batch, seq, vocab]` float32 tensor is ever materialised, and the
+entropy enters the graph only when `entropy_coef` > 0.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from workbench.template import render_prompt
+from workbench.trainers import checkpoint
 from workbench.trainers import rollout as rollouts
 from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
 from workbench.trainers.common import require_columns
+from workbench.trainers.launch import all_sum, worker_device
 from workbench.trainers.ppo_core import (
     compute_gae,
     kl_estimate,
@@ -53,6 +66,7 @@ from workbench.trainers.ppo_core import (
     value_loss,
     whiten,
 )
+from workbench.trainers.ppo_models import adamw, batch_tensors, build_models, return_freed_memory
 
 # ---------------------------------------------------------------------------------------------
 # Config and models
@@ -111,51 +125,6 @@ class PPOConfig(TrainConfig):
                                      "log-probabilities are computed ([tokens, vocab] float32 per chunk).")
 
 
-class Critic(torch.nn.Module):
-    """The base model's transformer body with a scalar value head (zero-initialised: V starts at 0)."""
-
-    def __init__(self, base_model_dir: str):
-        super().__init__()
-        from transformers import AutoModel
-
-        self.body = AutoModel.from_pretrained(base_model_dir, dtype=torch.float32)
-        self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, n_response: int):
-        """Value of the state before each response token ([B, n_response])."""
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).last_hidden_state[:, -n_response - 1 : -1]
-        return self.head(hidden.float()).squeeze(-1)
-
-
-def _no_dropout(model):
-    """No dropout anywhere, so train and eval mode compute the same function and the PPO ratio is exactly 1
-    before the first update (Qwen2/Llama configs have 0 already; this makes it hold for any model)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
-    return model
-
-
-def _batch_tensors(prompt_ids: list[list[int]], responses: list[list[int]], pad: int, device):
-    """Left-padded prompts + right-padded responses -> input_ids, attention_mask, position_ids, resp, mask."""
-    plen, rlen = max(map(len, prompt_ids)), max(1, max(map(len, responses)))
-    rows, attn, resp, mask = [], [], [], []
-    for p, r in zip(prompt_ids, responses):
-        rows.append([pad] * (plen - len(p)) + p + r + [pad] * (rlen - len(r)))
-        attn.append([0] * (plen - len(p)) + [1] * (len(p) + len(r)) + [0] * (rlen - len(r)))
-        resp.append(r + [pad] * (rlen - len(r)))
-        mask.append([1] * len(r) + [0] * (rlen - len(r)))
-    attn_t = torch.tensor(attn, device=device)
-    pos = (attn_t.cumsum(-1) - 1).clamp(min=0)
-    return (torch.tensor(rows, device=device), attn_t, pos, torch.tensor(resp, device=device),
-            torch.tensor(mask, device=device).float())
-
-
 def _score(job: TrainJob, cfg: PPOConfig, texts: list[str], answers: list[str]) -> list[float]:
     """The reward: the recipe's verifier (verify.verifier, math-verify by default), 1.0 correct else 0.0."""
     from data_gen.verifiers import reward
@@ -163,25 +132,19 @@ def _score(job: TrainJob, cfg: PPOConfig, texts: list[str], answers: list[str]) 
     return reward(texts, answers, cfg.reward_timeout_s, job.verifier, job.verifier_options)
 
 
-def _return_freed_memory() -> None:
-    """Serve blocks of 1 MiB and more by mmap, so that freeing a tensor returns its memory at once.
-
-    glibc otherwise keeps the freed blocks of PPO's large short-lived tensors (logit chunks, activations) in its
-    heaps, and the resident set grew with fragmentation over one SmolLM2 iteration (what MALLOC_MMAP_THRESHOLD_
-    does at start-up; benchmarks/dft_overhead.py sets it for the same reason). A no-op outside glibc.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _adamw(params, lr: float, cfg: PPOConfig):
-    """AdamW with the fused kernel (no full-size temporaries, unlike the foreach default)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             fused=True)
+def plan(cfg: PPOConfig, n_available: int, world: int) -> tuple[int, int]:
+    """(prompts per rollout batch, sequences per minibatch), both divisible by the worker count: each worker
+    rolls out and trains on an equal share, so every worker runs the same number of sharded forward passes."""
+    n_prompts = min(cfg.rollout_batch_size, n_available)
+    n_prompts -= n_prompts % world
+    if n_prompts == 0:
+        raise ValueError(f"ppo: rollout_batch_size: {min(cfg.rollout_batch_size, n_available)} prompts cannot be "
+                         f"shared by num_workers={world}")
+    minibatch = min(cfg.batch_size, n_prompts * cfg.samples_per_prompt)
+    if minibatch % world:
+        raise ValueError(f"ppo: batch_size: {minibatch} sequences per minibatch are not divisible by "
+                         f"num_workers={world}")
+    return n_prompts, minibatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,76 +156,85 @@ class PPOTrainerPlugin(Trainer):
     name = "ppo"
     consumes = "prompts"
     Config = PPOConfig
+    distributed = True  # N workers: FSDP2 over actor, critic and reference, one rollout engine per worker
+    checkpoints = True  # save_steps: models, both optimizers and schedulers, RNG and the prompt order
 
     def train(self, job: TrainJob, cfg: PPOConfig) -> TrainResult:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+        from transformers import AutoTokenizer, get_scheduler
 
         from data_gen.samplers import stop_token_ids
 
         require_columns(job.data, ["problem", "answer"], "ppo (rl prompts)")
         if len(job.data) == 0:
             raise ValueError("ppo: the rl prompts are empty")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("ppo: num_workers > 1 is not supported (one process rolls out and trains)")
+        rank, world = checkpoint.rank_world()
         torch.set_num_threads(max(1, job.num_threads))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = worker_device()
         if device.type == "cpu":
-            _return_freed_memory()
-        random.seed(job.seed)
-        np.random.seed(job.seed)
-        torch.manual_seed(job.seed)
+            return_freed_memory()
+        random.seed(job.seed + rank)  # each worker samples its own responses
+        np.random.seed(job.seed + rank)
+        torch.manual_seed(job.seed + rank)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
         tokenizer = AutoTokenizer.from_pretrained(job.base_model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        actor = _no_dropout(AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32)).to(device)
-        critic = _no_dropout(Critic(str(job.base_model))).to(device)
-        ref = None
-        if cfg.kl_coef > 0:  # frozen, so bf16 weights lose nothing to rounded updates (verl's ref is bf16 too)
-            ref = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.bfloat16)
-            ref = _no_dropout(ref).to(device).requires_grad_(False).eval()
-        if cfg.gradient_checkpointing:
-            actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            critic.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        problems, answers = job.data["problem"].to_list(), job.data["answer"].to_list()
+        n_prompts, minibatch = plan(cfg, len(problems), world)
+        share, local_minibatch = n_prompts // world, minibatch // world
+        actor, critic, ref = build_models(job.base_model, with_ref=cfg.kl_coef > 0, device=device, world=world,
+                                          gradient_checkpointing=cfg.gradient_checkpointing)
         stops = stop_token_ids(tokenizer, actor.generation_config)
         engine_kind = rollouts.resolve(cfg.rollout_engine)
         engine = self.rollout_engine(engine_kind, job, cfg, actor, tokenizer, stops)
 
-        problems, answers = job.data["problem"].to_list(), job.data["answer"].to_list()
         prompts = [render_prompt(tokenizer, p, job.template) for p in problems]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        n_prompts = min(cfg.rollout_batch_size, len(prompts))
         iterations = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / n_prompts)
-        seqs = n_prompts * cfg.samples_per_prompt
-        minibatch = min(cfg.batch_size, seqs)
-        opt_steps = iterations * cfg.ppo_epochs * math.ceil(seqs / minibatch)
+        seqs = share * cfg.samples_per_prompt  # this worker's sequences per rollout batch
+        opt_steps = iterations * cfg.ppo_epochs * math.ceil(seqs / local_minibatch)
         warmup = int(cfg.warmup_ratio * opt_steps)
-        actor_opt = _adamw(actor.parameters(), cfg.learning_rate, cfg)
-        critic_opt = _adamw(critic.parameters(), cfg.critic_learning_rate, cfg)
+        actor_opt = adamw(actor.parameters(), cfg.learning_rate, cfg)
+        critic_opt = adamw(critic.parameters(), cfg.critic_learning_rate, cfg)
         actor_sched = get_scheduler(cfg.lr_scheduler, actor_opt, warmup, opt_steps)
         critic_sched = get_scheduler(cfg.lr_scheduler, critic_opt, warmup, opt_steps)
-        log = job.metrics_log()
-        rng = np.random.default_rng(job.seed)
-        order: list[int] = []
-        train_tokens = rollout_tokens = 0
+        log = job.metrics_log() if rank == 0 else None  # rank 0 logs the batch's numbers summed over workers
+        rng = np.random.default_rng(job.seed)  # the prompt order: the same on every worker
+        state = checkpoint.resume(job, model=actor, optimizer=actor_opt, scheduler=actor_sched,
+                                  trainables={"critic": (critic, critic_opt, critic_sched)})
+        order: list[int] = state.get("order", [])
+        if "prompt_rng" in state:
+            rng.bit_generator.state = state["prompt_rng"]
+        train_tokens, rollout_tokens = state.get("train_tokens", 0), state.get("rollout_tokens", 0)
         mb, chunk = cfg.per_device_batch_size, cfg.logits_chunk_tokens
-        sync_s = engine.sync(actor)  # a reused engine may hold other weights
+        total = all_sum if world > 1 else None
+        sync_s = engine.sync(actor)  # a reused engine, or a resumed run, may hold other weights
+
+        def window(j):
+            """Micro-batch j's own columns and response length: the batch is padded to its longest prompt and
+            response, a micro-batch is cut to its own (verl removes padding for the same reason)."""
+            lo = int(attn[j].any(0).int().argmax())  # prompts are left-padded
+            r = max(1, int(mask[j].sum(1).max()))
+            return (slice(None), slice(lo, ids.shape[1] - R + r)), r
 
         def logprobs(model, j, with_entropy=False):
+            cols, r = window(j)
             with autocast:
-                return response_logprobs(model, ids[j], attn[j], pos[j], resp[j], cfg.temperature, chunk,
-                                         with_entropy)
+                lp, ent = response_logprobs(model, ids[j][cols], attn[j][cols], pos[j][cols], resp[j][:, :r],
+                                            cfg.temperature, chunk, with_entropy)
+            return F.pad(lp, (0, R - r)), (F.pad(ent, (0, R - r)) if ent is not None else None)
 
         def values_of(j):
+            cols, r = window(j)
             with autocast:
-                return critic(ids[j], attn[j], pos[j], R)
+                return F.pad(critic(ids[j][cols], attn[j][cols], pos[j][cols], r), (0, R - r))
 
-        for step in range(1, iterations + 1):
-            # ---- rollout: sample token ids, score the texts, then old log-probs, reference log-probs, values
+        for step in range(state["step"] + 1, iterations + 1):
+            # ---- rollout: this worker's share of the batch's prompts; sample token ids, score the texts
             t0 = time.perf_counter()
             while len(order) < n_prompts:
                 order += rng.permutation(len(prompts)).tolist()
-            idx, order = order[:n_prompts], order[n_prompts:]
+            idx, order = order[:n_prompts][rank * share:(rank + 1) * share], order[n_prompts:]
             actor.eval()
             samples = engine.generate([prompts[i] for i in idx], cfg.samples_per_prompt, cfg.temperature,
                                       cfg.top_p, cfg.max_completion_length)
@@ -270,10 +242,12 @@ class PPOTrainerPlugin(Trainer):
             rollout_s = time.perf_counter() - t0
             scores = torch.tensor(_score(job, cfg, [s.text for _, s in rows], [answers[i] for i, _ in rows]),
                                   device=device)
-            ids, attn, pos, resp, mask = _batch_tensors([prompt_ids[i] for i, _ in rows],
-                                                        [s.token_ids for _, s in rows], pad, device)
-            rollout_tokens += int(attn.sum())
+            ids, attn, pos, resp, mask = batch_tensors([prompt_ids[i] for i, _ in rows],
+                                                       [s.token_ids for _, s in rows], pad, device)
             R = resp.shape[1]
+
+            # ---- old log-probs, reference log-probs, values; rewards and GAE advantages
+            t1 = time.perf_counter()
             critic.eval()
             with torch.no_grad():
                 old_logp, ref_logp, old_values, entropy = [], [], [], []
@@ -291,44 +265,48 @@ class PPOTrainerPlugin(Trainer):
                 rewards[torch.arange(len(ids)), last] += scores  # verifier reward at the final token
                 advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 if cfg.whiten_advantages:
-                    advantages = whiten(advantages, mask)
+                    advantages = whiten(advantages, mask, total=total)
             kl_loss = cfg.kl_coef > 0 and not cfg.kl_in_reward
 
-            # ---- update: ppo_epochs passes of minibatches; micro-batches accumulate gradients; the actor
-            # steps and frees its gradients before the critic's backward passes
+            # ---- update: ppo_epochs passes of minibatches (each worker takes its share of every minibatch);
+            # micro-batches accumulate gradients; the actor steps and frees its gradients before the critic's
+            # backward passes. Losses are token means over the whole minibatch, summed over the workers
+            # (x world: FSDP averages the workers' gradients).
+            t2 = time.perf_counter()
             actor.train()
             critic.train()
             sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "kl_loss": 0.0}
             n_mb = 0
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(len(ids), device=device)
-                for s in range(0, len(ids), minibatch):
-                    mb_idx = perm[s : s + minibatch]
-                    mb_tokens = mask[mb_idx].sum().clamp(min=1)
+                for s in range(0, len(ids), local_minibatch):
+                    mb_idx = perm[s : s + local_minibatch]
+                    (mb_tokens,) = (total or tuple)((float(mask[mb_idx].sum()),))
+                    mb_tokens = max(mb_tokens, 1.0)
                     for u in range(0, len(mb_idx), mb):
                         j = mb_idx[u : u + mb]
-                        w = mask[j].sum() / mb_tokens  # token-mean over the whole minibatch
+                        w = float(mask[j].sum()) / mb_tokens
                         logp, ent = logprobs(actor, j, with_entropy=cfg.entropy_coef > 0)
                         pl_, cf = policy_loss(logp, old_logp[j], advantages[j], mask[j], cfg.clip_ratio)
                         loss = pl_
                         if kl_loss:
                             kll = masked_mean(kl_estimate(logp, ref_logp[j], "k3"), mask[j])
                             loss = loss + cfg.kl_coef * kll
-                            sums["kl_loss"] += float(kll.detach()) * float(w)
+                            sums["kl_loss"] += float(kll.detach()) * w
                         if ent is not None:
                             loss = loss - cfg.entropy_coef * masked_mean(ent, mask[j])
-                        (loss * w).backward()
-                        sums["policy_loss"] += float(pl_.detach()) * float(w)
-                        sums["clipfrac"] += float(cf.detach()) * float(w)
+                        (loss * w * world).backward()
+                        sums["policy_loss"] += float(pl_.detach()) * w
+                        sums["clipfrac"] += float(cf.detach()) * w
                     torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
                     actor_opt.step()
                     actor_opt.zero_grad(set_to_none=True)
                     for u in range(0, len(mb_idx), mb):
                         j = mb_idx[u : u + mb]
-                        w = mask[j].sum() / mb_tokens
+                        w = float(mask[j].sum()) / mb_tokens
                         vl = value_loss(values_of(j), old_values[j], returns[j], mask[j], cfg.value_clip)
-                        (vl * w).backward()
-                        sums["value_loss"] += float(vl.detach()) * float(w)
+                        (vl * w * world).backward()
+                        sums["value_loss"] += float(vl.detach()) * w
                     torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     critic_opt.step()
                     critic_opt.zero_grad(set_to_none=True)
@@ -336,29 +314,52 @@ class PPOTrainerPlugin(Trainer):
                     actor_sched.step()
                     critic_sched.step()
                     n_mb += 1
-                    train_tokens += int(attn[mb_idx].sum())
+            t3 = time.perf_counter()
             sync_s = engine.sync(actor)
-            if step % cfg.logging_steps == 0 or step == iterations:
-                log.log(step, reward=float(scores.mean()), kl=float(masked_mean(kl, mask)),
-                        loss=sums["policy_loss"] / n_mb, **{k: v / n_mb for k, v in sums.items()},
-                        entropy=float(masked_mean(torch.cat(entropy), mask)), learning_rate=lr,
-                        critic_learning_rate=critic_sched.get_last_lr()[0],
-                        response_length=float(mask.sum(1).mean()), num_tokens=train_tokens,
-                        rollout_s=round(rollout_s, 3), sync_s=round(sync_s, 3),
-                        step_s=round(time.perf_counter() - t0, 3))
 
-        log.close()
+            # ---- the step's numbers, summed over the workers
+            n_seq, n_tok = len(ids), float(mask.sum())
+            sums, n_seq, n_tok, score_sum, kl_sum, ent_sum, tokens = (total or tuple)((
+                sums, n_seq, n_tok, float(scores.sum()), float((kl * mask).sum()),
+                float((torch.cat(entropy) * mask).sum()), int(attn.sum())))
+            train_tokens += tokens * cfg.ppo_epochs
+            rollout_tokens += tokens
+            if log is not None and (step % cfg.logging_steps == 0 or step == iterations):
+                log.log(step, reward=score_sum / n_seq, kl=kl_sum / max(n_tok, 1), loss=sums["policy_loss"] / n_mb,
+                        **{k: v / n_mb for k, v in sums.items()}, entropy=ent_sum / max(n_tok, 1),
+                        learning_rate=lr, critic_learning_rate=critic_sched.get_last_lr()[0],
+                        response_length=n_tok / n_seq, num_tokens=train_tokens, rollout_s=round(rollout_s, 3),
+                        score_s=round(t1 - t0 - rollout_s, 3), prep_s=round(t2 - t1, 3),
+                        update_s=round(t3 - t2, 3), sync_s=round(sync_s, 3),
+                        step_s=round(time.perf_counter() - t0, 3))
+            if job.save_steps and step % job.save_steps == 0 and (step < iterations or job.keep_checkpoints):
+                checkpoint.save_checkpoint(
+                    job.out_dir, step, model=actor, optimizer=actor_opt, scheduler=actor_sched,
+                    tokenizer=tokenizer, keep_models=job.keep_checkpoints,
+                    trainables={"critic": (critic, critic_opt, critic_sched)},
+                    counters={"order": order, "prompt_rng": rng.bit_generator.state, "train_tokens": train_tokens,
+                              "rollout_tokens": rollout_tokens})
+
         engine.close()
-        job.model_dir.mkdir(parents=True, exist_ok=True)
-        actor.save_pretrained(job.model_dir)
-        tokenizer.save_pretrained(job.model_dir)
+        checkpoint.export_model(actor, tokenizer, job.model_dir)
+        checkpoint.finish(job)
+        if log is not None:
+            log.close()
         return TrainResult(job.model_dir, train_tokens=train_tokens, steps=iterations,
                            extra={"rollout_tokens": rollout_tokens, "optimizer_steps": opt_steps,
-                                  "rollout_engine": engine_kind})
+                                  "rollout_engine": engine_kind, "num_workers": world,
+                                  "resumed_from_step": state["step"]})
 
     def rollout_engine(self, kind: str, job: TrainJob, cfg: PPOConfig, actor, tokenizer, stops: list[int]):
-        """The rollout engine (workbench/trainers/rollout.py); tests override this to reuse one engine."""
+        """This worker's rollout engine (workbench/trainers/rollout.py); tests override this to reuse one.
+        With N workers the HF engine generates on its own unsharded copy, synced like vLLM's."""
+        rank, world = checkpoint.rank_world()
         if kind == "vllm":
-            return rollouts.VLLMRollout(str(job.base_model), tokenizer, stops, job.seed, cfg.rollout_dtype,
+            return rollouts.VLLMRollout(str(job.base_model), tokenizer, stops, job.seed + rank, cfg.rollout_dtype,
                                         cfg.rollout_kv_cache_gb, cfg.rollout_gpu_memory_utilization)
-        return rollouts.HFRollout(actor, tokenizer, stops, cfg.rollout_hf_batch_size)
+        own = None
+        if world > 1:
+            from transformers import AutoModelForCausalLM
+
+            own = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32).to(worker_device())
+        return rollouts.HFRollout(actor, tokenizer, stops, cfg.rollout_hf_batch_size, own_copy=own)

@@ -35,12 +35,20 @@ def compute_gae(rewards, values, mask, gamma: float, lam: float):
     return advantages, (advantages + values) * mask
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the valid tokens (unbiased variance, as verl's masked_whiten)."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total=None) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens (unbiased variance, as verl's masked_whiten). `total` sums a
+    tuple of numbers over the workers (launch.all_sum) when the batch is split across them: the mean and
+    variance are then the whole batch's, as verl computes them on the gathered batch."""
+    if total is None:
+        mean = masked_mean(x, mask)
+        n = mask.sum()
+        var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+        return (x - mean) * torch.rsqrt(var + eps) * mask
+    sum_x, n = total((float((x * mask).sum()), float(mask.sum())))
+    mean = sum_x / max(n, 1.0)
+    (sum_sq,) = total((float((((x - mean) ** 2) * mask).sum()),))
+    var = sum_sq / max(n - 1, 1.0)
+    return (x - mean) * (var + eps) ** -0.5 * mask
 
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
@@ -78,6 +86,19 @@ def _chunk_logprobs(head, hidden, tokens, temperature: float, with_entropy: bool
     return torch.stack([logp, entropy])
 
 
+def final_hidden(model, ids, attn, pos) -> torch.Tensor:
+    """The transformer's last hidden states ([B, T, H]) through the model's own forward (LM head on one
+    position only, `logits_to_keep=1`): under FSDP2 the root module's forward is what gathers the embeddings,
+    final norm and LM head, and keeps them gathered for the chunked head and its backward."""
+    seen = []
+    hook = model.base_model.register_forward_hook(lambda _m, _a, out: seen.append(out.last_hidden_state))
+    try:
+        model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 def response_logprobs(model, ids, attn, pos, resp, temperature: float = 1.0, chunk_tokens: int = 1024,
                       with_entropy: bool = False):
     """log pi(resp_t | prefix) of the response tokens ([B, R]) and, if asked, the entropies (else None).
@@ -87,8 +108,7 @@ def response_logprobs(model, ids, attn, pos, resp, temperature: float = 1.0, chu
     keeping them). Logits are divided by the sampling temperature, as verl's actor does.
     """
     r = resp.shape[1]
-    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                              use_cache=False).last_hidden_state[:, -r - 1 : -1]
+    hidden = final_hidden(model, ids, attn, pos)[:, -r - 1 : -1]
     head, step = model.get_output_embeddings(), max(1, chunk_tokens // max(1, ids.shape[0]))
     parts = []
     for s in range(0, r, step):

@@ -58,11 +58,22 @@ def resolve(engine: str) -> str:
     return ("vllm" if vllm_available() else "hf") if engine == "auto" else engine
 
 
-class HFRollout:
-    """transformers `generate` on the live actor (the slow path; the weights are the actor's own)."""
+def full_weights(actor):
+    """(name, full tensor) for every entry of the actor's state dict, one at a time. Under FSDP2 each entry is
+    a DTensor shard and `full_tensor()` all-gathers it: every worker must consume this stream, in order."""
+    for name, t in actor.state_dict().items():
+        yield name, (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
 
-    def __init__(self, actor, tokenizer, stop_ids: list[int], batch_size: int = 64):
-        self.actor, self.tokenizer, self.stop_ids, self.batch_size = actor, tokenizer, stop_ids, batch_size
+
+class HFRollout:
+    """transformers `generate` on the live actor (the slow path). `own_copy`: an unsharded model of the
+    actor's architecture that `sync` fills with the actor's gathered weights, for workers whose actor is
+    sharded with FSDP2 (generating on the sharded actor would need every worker to run the same number of
+    forward passes)."""
+
+    def __init__(self, actor, tokenizer, stop_ids: list[int], batch_size: int = 64, own_copy=None):
+        self.tokenizer, self.stop_ids, self.batch_size = tokenizer, stop_ids, batch_size
+        self.actor, self.own = (own_copy if own_copy is not None else actor), own_copy is not None
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
                  max_tokens: int) -> list[list[Rollout]]:
@@ -75,7 +86,11 @@ class HFRollout:
         return _rollouts(out, self.stop_ids, max_tokens)
 
     def sync(self, actor) -> float:
-        return 0.0
+        if not self.own:
+            return 0.0
+        t0 = time.perf_counter()
+        self.actor.load_state_dict(dict(full_weights(actor)))
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         pass
@@ -131,7 +146,7 @@ class VLLMRollout:
         """Stream the actor's weights (cast to the engine's dtype one tensor at a time) into the engine in
         place, then drop cached prefixes computed with the old weights. Returns the seconds it took."""
         t0 = time.perf_counter()
-        weights = ((name, t.detach().to(self.dtype)) for name, t in actor.state_dict().items())
+        weights = ((name, t.to(self.dtype)) for name, t in full_weights(actor))  # consumed whole, in order
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                           "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()

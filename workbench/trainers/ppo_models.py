@@ -1,0 +1,103 @@
+"""The three models PPO holds (actor, critic, reference), how they are built and sharded, and the padded batch
+they read. `workbench/trainers/ppo.py` is the loop that uses them.
+
+- actor: the policy, float32 master weights, initialised from the base model; it is what gets saved;
+- critic: the base model's transformer with a scalar value head (one value per token), float32;
+- reference: a frozen copy of the base model in bf16 (verl's ref is bf16 too; frozen, so no update rounds away).
+
+With N Ray Train workers (launch.py) each of the three is sharded with FSDP2 (`launch.shard`: every decoder
+layer, then the root), so weights, gradients and AdamW states are split across the workers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.trainers.launch import shard
+
+
+class Critic(torch.nn.Module):
+    """The base model's transformer body with a scalar value head (zero-initialised: V starts at 0)."""
+
+    def __init__(self, base_model_dir: str):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.body = AutoModel.from_pretrained(base_model_dir, dtype=torch.float32)
+        self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, n_response: int):
+        """Value of the state before each response token ([B, n_response])."""
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state[:, -n_response - 1 : -1]
+        return self.head(hidden.float()).squeeze(-1)
+
+
+def no_dropout(model):
+    """No dropout anywhere, so train and eval mode compute the same function and the PPO ratio is exactly 1
+    before the first update (Qwen2/Llama configs have 0 already; this makes it hold for any model)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model
+
+
+def build_models(base_model: str, *, with_ref: bool, gradient_checkpointing: bool, device, world: int):
+    """(actor, critic, reference or None) on `device`, sharded with FSDP2 when `world` > 1."""
+    from transformers import AutoModelForCausalLM
+
+    actor = no_dropout(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)).to(device)
+    critic = no_dropout(Critic(str(base_model))).to(device)
+    ref = None
+    if with_ref:
+        ref = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
+        ref = no_dropout(ref).to(device).requires_grad_(False).eval()
+    if gradient_checkpointing:
+        actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        critic.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if world > 1:
+        shard(actor)
+        shard(critic, layers_of=critic.body)
+        if ref is not None:
+            shard(ref)
+    return actor, critic, ref
+
+
+def batch_tensors(prompt_ids: list[list[int]], responses: list[list[int]], pad: int, device):
+    """Left-padded prompts + right-padded responses -> input_ids, attention_mask, position_ids, resp, mask."""
+    plen, rlen = max(map(len, prompt_ids)), max(1, max(map(len, responses)))
+    rows, attn, resp, mask = [], [], [], []
+    for p, r in zip(prompt_ids, responses):
+        rows.append([pad] * (plen - len(p)) + p + r + [pad] * (rlen - len(r)))
+        attn.append([0] * (plen - len(p)) + [1] * (len(p) + len(r)) + [0] * (rlen - len(r)))
+        resp.append(r + [pad] * (rlen - len(r)))
+        mask.append([1] * len(r) + [0] * (rlen - len(r)))
+    attn_t = torch.tensor(attn, device=device)
+    pos = (attn_t.cumsum(-1) - 1).clamp(min=0)
+    return (torch.tensor(rows, device=device), attn_t, pos, torch.tensor(resp, device=device),
+            torch.tensor(mask, device=device).float())
+
+
+def return_freed_memory() -> None:
+    """Serve blocks of 1 MiB and more by mmap, so that freeing a tensor returns its memory at once.
+
+    glibc otherwise keeps the freed blocks of PPO's large short-lived tensors (logit chunks, activations) in its
+    heaps, and the resident set grew with fragmentation over one SmolLM2 iteration (what MALLOC_MMAP_THRESHOLD_
+    does at start-up; benchmarks/dft_overhead.py sets it for the same reason). A no-op outside glibc.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def adamw(params, lr: float, cfg):
+    """AdamW with the fused kernel (no full-size temporaries, unlike the foreach default)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             fused=True)
