@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_warmup_ratio_is_a_ratio(tmp_path):
 
     job = _toy_job(tmp_path)
     for ratio, steps in ((1.0, 100), (0.1, 10), (0.0, 0)):
-        args = trl_args(job, GRPOConfig(warmup_ratio=ratio, batch_size=16, num_generations=8), [0], on_gpu=False)
+        args = trl_args(job, GRPOConfig(warmup_ratio=ratio, batch_size=16, num_generations=8), [0])
         assert args.get_warmup_steps(100) == steps, ratio
 
 
@@ -132,11 +133,11 @@ def test_batch_sizes_count_completions_as_verl_example(tmp_path):
 
     job = _toy_job(tmp_path)
     cfg = GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=1024, per_device_batch_size=16)
-    args = trl_args(job, cfg, [0], on_gpu=False)
+    args = trl_args(job, cfg, [0])
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 1280
     assert args.steps_per_generation == 4 * args.gradient_accumulation_steps
     assert args.generation_batch_size == 1024 * 5
-    on_policy = trl_args(job, GRPOConfig(batch_size=1280, per_device_batch_size=16), [0], on_gpu=False)
+    on_policy = trl_args(job, GRPOConfig(batch_size=1280, per_device_batch_size=16), [0])
     assert on_policy.generation_batch_size == 1280
     with pytest.raises(ValueError, match="rollout_batch_size"):
         GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=100)
@@ -153,3 +154,88 @@ def test_max_length_leaves_out_long_prompts():
     assert (kept, answers, dropped) == (["abc", "ab"], ["1", "3"], 1)
     with pytest.raises(ValueError, match="max_length"):
         GRPOConfig(max_length=1024, max_completion_length=1024)
+
+
+# ---------------------------------------------------------------- N workers, save_steps (issue 11)
+
+
+def test_worker_split_keeps_the_global_batch():
+    """2 workers: each takes half of the completions per step, and TRL's generation batch (micro x workers x
+    steps_per_generation) stays the 1-worker one; a batch that cannot be split is refused naming the field."""
+    from workbench.trainers.grpo import worker_split
+
+    cfg = GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=1024, per_device_batch_size=16)
+    for world in (1, 2, 8):
+        micro, accum, per_generation = worker_split(cfg, world)
+        assert micro * accum * world == 1280
+        assert micro * world * per_generation == 1024 * 5
+    assert worker_split(GRPOConfig(batch_size=8, num_generations=4, per_device_batch_size=8), 2) == (4, 1, 1)
+    with pytest.raises(ValueError, match=r"^grpo: batch_size=10 is not divisible by num_workers=4$"):
+        worker_split(GRPOConfig(batch_size=10, num_generations=5, per_device_batch_size=2), 4)
+    with pytest.raises(ValueError, match=r"^grpo: batch_size / num_workers = 12 is not a multiple of per_device_batch"):
+        worker_split(GRPOConfig(batch_size=24, num_generations=4, per_device_batch_size=8), 2)
+
+
+def test_unsplittable_entries_are_refused_when_the_recipe_loads(tmp_path):
+    """A batch that N workers cannot split, or save_steps inside a rollout (TRL keeps a rollout's completions in
+    memory only), is one line naming the field, when the recipe loads and again if a job is trained directly."""
+    from workbench.recipe import RecipeError, parse_recipe
+
+    def load(**entry):
+        grpo = {"name": "g", "algorithm": "grpo", "batch_size": 8, "num_generations": 4, "per_device_batch_size": 8}
+        return parse_recipe({"run": {"name": "r"}, "model": "toy:arith", "train": [{**grpo, **entry}]}, "x.yaml")
+
+    with pytest.raises(RecipeError, match=r"^x.yaml: train\[0\].num_workers: grpo: batch_size=8 is not divisible by "
+                       r"num_workers=3$"):
+        load(num_workers=3)
+    with pytest.raises(RecipeError, match=r"^x.yaml: train\[0\].save_steps: grpo: save_steps=3 must be a multiple "
+                       r"of the 2 optimizer steps of one rollout"):
+        load(rollout_batch_size=4, save_steps=3)  # 16 completions per rollout: 2 steps of 8
+    assert load(num_workers=2, rollout_batch_size=4, save_steps=4).train[0].num_workers == 2
+    job = _toy_job(tmp_path)
+    job.save_steps = 3
+    cfg = GRPOConfig(batch_size=8, num_generations=4, rollout_batch_size=4, max_steps=4)
+    with pytest.raises(ValueError, match=r"^grpo: save_steps=3 must be a multiple of the 2 optimizer steps"):
+        GRPOTrainerPlugin().train(job, cfg)
+
+
+# 8 prompts, 2 per optimizer step, 4 per rollout: 2 steps per rollout, 4 per epoch. Killed after step 7, the
+# run resumes from step 6, a rollout boundary inside the second epoch.
+RESUME = {"learning_rate": 1e-3, "beta": 0.04, "num_generations": 4, "batch_size": 8, "per_device_batch_size": 8,
+          "rollout_batch_size": 4, "max_steps": 8, "max_completion_length": 12, "lr_scheduler": "cosine",
+          "warmup_ratio": 0.2}
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    """save_steps + rerun: resumes from the latest checkpoint, logs every step once, and ends on the same weights
+    as an uninterrupted run (same rollouts: the Trainer restores the RNG, EpochSeeded the prompt order)."""
+    from test_checkpoint import Killed, die_after_logging  # tests/ is on sys.path under pytest
+
+    from workbench.trainers import checkpoint
+
+    torch.set_num_threads(1)
+
+    def run(out):
+        job = _toy_job(tmp_path, n_prompts=8)
+        job.out_dir, job.save_steps = tmp_path / out, 2 if out == "cut" else 0
+        return GRPOTrainerPlugin().train(job, GRPOConfig(**RESUME)), job
+
+    whole, _ = run("whole")
+    with monkeypatch.context() as m:
+        die_after_logging(m, 7)
+        with pytest.raises(Killed):
+            run("cut")
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "cut")] == [6]
+    resumed, job = run("cut")
+    assert (resumed.extra["resumed_from_step"], whole.extra["resumed_from_step"]) == (6, 0)
+    rows = {out: [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+            for out in ("whole", "cut")}
+    assert [r["step"] for r in rows["cut"]] == list(range(1, 9))
+    for a, b in zip(rows["whole"], rows["cut"]):
+        assert {k: v for k, v in a.items() if k != "time_s"} == {k: v for k, v in b.items() if k != "time_s"}
+    assert (tmp_path / "cut" / "model" / "model.safetensors").read_bytes() == \
+        (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()
+    assert resumed.train_tokens == whole.train_tokens
+    assert sorted(p.name for p in job.out_dir.iterdir()) == ["metrics.jsonl", "model"]  # no checkpoints, no scratch
+    saved = json.loads((job.model_dir / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == json.loads((Path(job.base_model) / "generation_config.json").read_text())["eos_token_id"]

@@ -1,5 +1,6 @@
-"""launch.py: SFT/DFT on 2 gloo workers (FSDP2) match 1 worker step for step at the same global batch; DPO trains
-on 2 workers (DDP) and saves a model that loads; entries that cannot launch are refused; the storage probe."""
+"""launch.py: SFT/DFT on 2 gloo workers (FSDP2) match 1 worker step for step at the same global batch; DPO and
+GRPO train on 2 workers (DDP) and save a model that loads; entries that cannot launch are refused; the storage
+probe."""
 
 import json
 import sys
@@ -8,11 +9,13 @@ from pathlib import Path
 import pytest
 from test_checkpoint import DATA, Killed, die_after_logging  # tests/ is on sys.path under pytest
 
-from workbench.models import resolve_model
+from data_gen.config import ToyTaskConfig
+from data_gen.toy import toy_prompts
+from workbench.models import resolve_model, toy_template
 from workbench.recipe import RecipeError, TrainEntry, parse_recipe
 from workbench.registry import get_trainer
 from workbench.template import TemplateConfig
-from workbench.trainers.base import TrainJob
+from workbench.trainers.base import Trainer, TrainJob
 from workbench.trainers.checkpoint import list_checkpoints
 from workbench.trainers.launch import check_entry, probe_storage, split_batch, worker_batch
 
@@ -37,14 +40,20 @@ def base() -> Path:
     return resolve_model("toy:arith")
 
 
-def job_for(base, out, **kw):
-    return TrainJob(base_model=base, data=DATA, template=TemplateConfig(), out_dir=Path(out), seed=0, **kw)
+PROMPTS = toy_prompts(ToyTaskConfig(min_ops=2, max_ops=2, max_digits=1), 8, seed=0)  # rl prompts, gold answers
+
+
+def job_for(base, out, consumes="positives", **kw):
+    """A job on DATA, or for online trainers on toy-task prompts with the toy template (their rewards vary)."""
+    data, template = (PROMPTS, toy_template()) if consumes == "prompts" else (DATA, TemplateConfig())
+    return TrainJob(base_model=base, data=data, template=template, out_dir=Path(out), seed=0, **kw)
 
 
 def train(algorithm, base, out, cfg, save_steps=0, keep=False):
     """Runs in every worker (and in-process for the 1-worker reference)."""
     plugin = get_trainer(algorithm)
-    result = plugin().train(job_for(base, out, save_steps=save_steps, keep_checkpoints=keep), plugin.Config(**cfg))
+    job = job_for(base, out, plugin.consumes, save_steps=save_steps, keep_checkpoints=keep)
+    result = plugin().train(job, plugin.Config(**cfg))
     return {"steps": result.steps, "train_tokens": result.train_tokens, **result.extra}
 
 
@@ -58,6 +67,9 @@ def rows(out):
 
 DPO = {"learning_rate": 2e-3, "batch_size": 4, "per_device_batch_size": 2, "max_steps": 2,
        "lr_scheduler": "constant", "warmup_ratio": 0.0, "max_length": 128}
+# 8 completions per step (2 prompts x 4): each worker rolls out 4 in micro-batches of 2
+GRPO = {"learning_rate": 1e-3, "beta": 0.04, "batch_size": 8, "num_generations": 4, "per_device_batch_size": 2,
+        "max_steps": 3, "max_completion_length": 16, "lr_scheduler": "constant", "warmup_ratio": 0.0}
 
 
 def train_each(jobs):
@@ -69,7 +81,8 @@ def train_each(jobs):
 def runs(ray_local, base, tmp_path_factory):
     """1-worker references in-process; then one 2-worker Ray Train group runs SFT from scratch, DFT taking over
     a 1-worker run killed after step 3 from its step-2 checkpoint (DCP reshards it onto FSDP; the group
-    writes its own step-4 checkpoint), and DPO."""
+    writes its own step-4 checkpoint), DPO, and GRPO taking over a 1-worker run killed after step 2 from its
+    step-1 Trainer checkpoint (kept checkpoints every step)."""
     from workbench.trainers.launch import launch
 
     tmp = tmp_path_factory.mktemp("launch")
@@ -78,10 +91,13 @@ def runs(ray_local, base, tmp_path_factory):
         die_after_logging(m, 3)
         with pytest.raises(Killed):
             train("dft", base, tmp / "dft-two", SFT, 2)
+        die_after_logging(m, 2)
+        with pytest.raises(Killed):
+            train("grpo", base, tmp / "grpo-two", GRPO, 1, True)
     jobs = [("sft", base, tmp / "sft-two", SFT), ("dft", base, tmp / "dft-two", SFT, 2, True),
-            ("dpo", base, tmp / "dpo-two", DPO)]
+            ("dpo", base, tmp / "dpo-two", DPO), ("grpo", base, tmp / "grpo-two", GRPO, 1, True)]
     two = ray_local.get(launch(entry(2), train_each, jobs, out_dir=tmp))
-    return tmp, one, dict(zip(("sft", "dft", "dpo"), two))
+    return tmp, one, dict(zip(("sft", "dft", "dpo", "grpo"), two))
 
 
 @pytest.mark.parametrize("algorithm", ["sft", "dft"])
@@ -124,6 +140,30 @@ def test_dpo_trains_on_two_workers(runs):
     AutoModelForCausalLM.from_pretrained(tmp / "dpo-two" / "model")
 
 
+def test_grpo_trains_on_two_workers(runs, base):
+    """2 workers resume a 1-worker Trainer checkpoint and finish the run: rank 0 alone logs, each step once; the
+    checkpoints land in step-<N>/; the model loads, has moved, and keeps the base model's generation config
+    (TRL's rollouts stop on the chat template's end of turn as well)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    tmp, result = runs[0], runs[2]["grpo"]
+    out = tmp / "grpo-two"
+    assert (result["steps"], result["num_workers"], result["resumed_from_step"]) == (3, 2, 1)
+    logged = rows(out)
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert all(r["learning_rate"] == GRPO["learning_rate"] for r in logged)
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2, 3]  # kept: model folders, no state
+    assert (out / "checkpoints" / "step-3" / "model" / "model.safetensors").read_bytes() == \
+        (out / "model" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.jsonl", "model"]
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    before, after = load_file(str(Path(base) / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    assert max((after[k] - before[k].float()).abs().max().item() for k in before) > 0
+    eos = [json.loads((d / "generation_config.json").read_text())["eos_token_id"] for d in (Path(base), out / "model")]
+    assert eos[0] == eos[1]
+
+
 def test_storage_probe_sees_the_local_node(ray_local, tmp_path):
     assert probe_storage(tmp_path / "run") == 1
     assert not list((tmp_path / "run").iterdir())  # probe files are removed
@@ -140,17 +180,30 @@ def test_storage_probe_names_the_directory_a_node_cannot_see(ray_local, tmp_path
         probe_storage(tmp_path / "run")
 
 
-def test_refusals_are_one_line():
-    grpo, ppo, dft = get_trainer("grpo"), get_trainer("ppo"), get_trainer("dft")
-    assert check_entry(entry(2), grpo) == ("num_workers", "grpo: num_workers > 1 is not supported yet")
-    assert check_entry(entry(2), ppo)[1] == "ppo: num_workers > 1 is not supported yet"
+class OneProcess(Trainer):
+    """A third-party plugin that declares neither `distributed` nor `checkpoints` (every built-in does both)."""
+
+    name, consumes = "one-process", "positives"
+
+    def train(self, job, cfg):
+        raise AssertionError("never launched: the recipe is refused")
+
+
+def test_refusals_are_one_line(monkeypatch):
+    from workbench.registry import TRAINERS, _load
+
+    dft = get_trainer("dft")
+    monkeypatch.setitem(_load(TRAINERS)[0], OneProcess.name, OneProcess)
+    assert check_entry(entry(2), OneProcess) == ("num_workers", "one-process: num_workers > 1 is not supported yet")
+    assert check_entry(entry(1, save_steps=5), OneProcess)[0] == "save_steps"
     field, why = check_entry(entry(1, num_gpus=8), dft)
     assert field == "num_gpus" and "set num_workers: 8 and gpus_per_worker: 1" in why
     assert check_entry(entry(2, gpus_per_worker=0.5), dft)[0] == "gpus_per_worker"
     assert check_entry(entry(4, gpus_per_worker=1), dft) is None
-    with pytest.raises(RecipeError, match=r"x.yaml: train\[0\].num_workers: grpo: num_workers > 1 is not"):
+    assert check_entry(entry(4, gpus_per_worker=1, save_steps=5), get_trainer("grpo")) is None
+    with pytest.raises(RecipeError, match=r"x.yaml: train\[0\].num_workers: one-process: num_workers > 1 is not"):
         parse_recipe({"run": {"name": "r"}, "model": "toy:arith",
-                      "train": [{"name": "g", "algorithm": "grpo", "num_workers": 2}]}, "x.yaml")
+                      "train": [{"name": "g", "algorithm": "one-process", "num_workers": 2}]}, "x.yaml")
 
 
 def test_split_batch_keeps_the_single_worker_micro_batches():

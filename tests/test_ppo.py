@@ -356,3 +356,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
             assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7), (key, ra, rb)
     wa, wb = _weights(tmp_path / "whole" / "model"), _weights(tmp_path / "cut" / "model")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_entries_workers_cannot_share_are_refused_when_the_recipe_loads():
+    from workbench.recipe import RecipeError, parse_recipe
+
+    def load(**ppo):
+        return parse_recipe({"run": {"name": "r"}, "model": "toy:arith",
+                             "train": [{"name": "p", "algorithm": "ppo", **ppo}]}, "x.yaml")
+
+    load(num_workers=2, rollout_batch_size=8, batch_size=4, save_steps=2)
+    with pytest.raises(RecipeError, match=r"x.yaml: train\[0\].num_workers: ppo: rollout_batch_size=9 is not"):
+        load(num_workers=2, rollout_batch_size=9)
+    with pytest.raises(RecipeError, match=r"train\[0\].num_workers: ppo: batch_size=3 sequences"):
+        load(num_workers=2, rollout_batch_size=8, batch_size=3)
+    with pytest.raises(ValueError, match="ppo: rollout_batch_size: 1 prompts cannot be shared by num_workers=2"):
+        ppo.plan(PPOConfig(rollout_batch_size=8), 1, 2)

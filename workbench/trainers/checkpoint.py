@@ -284,3 +284,14 @@ def hf_resume_from(stage_dir: Path, metrics_path: Path) -> tuple[str | None, int
         truncate_metrics(metrics_path, step)
     barrier()
     return str(path / "state"), step
+
+
+def hf_stage(job, trainer_output_dir: Path, tokenizer, log_callback):
+    """What a transformers/TRL trainer needs in a train stage: (metrics.jsonl log, on rank 0 only, else None;
+    its callbacks: `log_callback(log)` and, with save_steps, `hf_checkpoint_callback`; the Trainer checkpoint
+    to resume from or None; that step)."""
+    log = job.metrics_log() if rank_world()[0] == 0 else None
+    callbacks = [log_callback(log)] if log is not None else []
+    if job.save_steps:
+        callbacks.append(hf_checkpoint_callback(job.out_dir, trainer_output_dir, tokenizer, job.keep_checkpoints))
+    return (log, callbacks, *hf_resume_from(job.out_dir, job.metrics_path))

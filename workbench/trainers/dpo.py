@@ -66,13 +66,9 @@ class DPOTrainerPlugin(Trainer):
         }
         args = TRLDPOConfig(**hf_args(job, cfg), beta=cfg.beta, loss_type=[cfg.loss_type],
                             max_grad_norm=cfg.max_grad_norm)
-        rank, world = checkpoint.rank_world()  # N workers: DDP inside Ray Train's process group (launch.py)
-        log = job.metrics_log() if rank == 0 else None
-        callbacks = [metrics_callback(log)] if log is not None else []
-        if job.save_steps:
-            callbacks.append(checkpoint.hf_checkpoint_callback(job.out_dir, args.output_dir, tokenizer,
-                                                               job.keep_checkpoints))
-        resume_from, resumed = checkpoint.hf_resume_from(job.out_dir, job.metrics_path)
+        world = checkpoint.rank_world()[1]  # N workers: DDP inside Ray Train's process group (launch.py)
+        log, callbacks, resume_from, resumed = checkpoint.hf_stage(job, args.output_dir, tokenizer,
+                                                                   metrics_callback)
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
                              processing_class=tokenizer, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)  # metrics.jsonl is the log; keep stdout quiet

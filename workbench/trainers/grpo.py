@@ -17,16 +17,26 @@ rollout `n` (verl/workers/fsdp_workers.py), so verl's GRPO math example (ppo_min
 
 `max_length` caps prompt + response: prompts longer than `max_length - max_completion_length` tokens are
 left out and counted (verl's `data.filter_overlong_prompts`).
+
+Under `num_workers: N` the trainer runs in every Ray Train worker (launch.py) and TRL does DDP through
+accelerate, as DPO does: each worker rolls out its slice of the generation batch, rewards are gathered so every
+group is normalised whole, and the per-worker micro-batch and accumulation keep `batch_size` completions per
+optimizer step. `save_steps` uses the Trainer's checkpoints, moved into checkpoints/step-<N>/ (checkpoint.py),
+at rollout boundaries only (TRL keeps the completions of a rollout in memory); a rerun resumes from the latest.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import torch
 from pydantic import Field, model_validator
 
 from workbench.template import render_prompt
+from workbench.trainers import checkpoint
 from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import require_columns
+from workbench.trainers.common import hf_args, load_base, require_columns, setup_torch
+from workbench.trainers.launch import worker_batch
 
 # TRL log key -> metrics.jsonl key
 LOGGED = {"loss": "loss", "learning_rate": "learning_rate", "reward": "reward", "reward_std": "reward_std",
@@ -119,25 +129,50 @@ def _metrics_callback(log: MetricsLog):
     return WriteMetrics()
 
 
-def trl_args(job: TrainJob, cfg: GRPOConfig, stop_ids: list[int], on_gpu: bool):
-    """TRL's GRPOConfig from ours. `bf16` is mixed precision (autocast over float32 master weights, as the
-    SFT-family loop does); `warmup_ratio` goes in as a ratio; vLLM rollouts stop on `stop_ids` (the HF
-    rollouts read them from the model's generation config, see `train`)."""
+def batches_per_rollout(cfg: GRPOConfig) -> int:
+    """Optimizer batches in one rollout batch: rollout_batch_size x num_generations / batch_size (1 if unset)."""
+    return cfg.rollout_batch_size * cfg.num_generations // cfg.batch_size if cfg.rollout_batch_size else 1
+
+
+def rollout_steps(cfg: GRPOConfig) -> int:
+    """Optimizer steps taken on one rollout batch: each of its batches num_iterations times."""
+    return batches_per_rollout(cfg) * cfg.num_iterations
+
+
+def worker_split(cfg: GRPOConfig, world: int) -> tuple[int, int, int]:
+    """(per-worker micro-batch, accumulation, TRL steps_per_generation) for `world` workers. TRL's generation
+    batch, micro x world x steps_per_generation, is then batch_size completions (or rollout_batch_size x
+    num_generations), whole groups by the config's checks, whatever the worker count."""
+    micro, accum = worker_batch(cfg.batch_size, cfg.per_device_batch_size, world, "grpo")
+    # steps_per_generation counts micro-batches: accum of them make one optimizer step
+    return micro, accum, accum * batches_per_rollout(cfg)
+
+
+def launch_problem(cfg: GRPOConfig, world: int, save_steps: int) -> tuple[str, str] | None:
+    """(field, one-line reason) when `cfg` cannot train on `world` workers with checkpoints every `save_steps`."""
+    try:
+        worker_split(cfg, world)
+    except ValueError as exc:
+        return "num_workers", str(exc)
+    if save_steps % rollout_steps(cfg):
+        return "save_steps", (f"grpo: save_steps={save_steps} must be a multiple of the {rollout_steps(cfg)} "
+                              "optimizer steps of one rollout (rollout_batch_size x num_generations / batch_size "
+                              "x num_iterations): TRL cannot resume inside a rollout")
+    return None
+
+
+def trl_args(job: TrainJob, cfg: GRPOConfig, stop_ids: list[int]):
+    """TRL's GRPOConfig from ours (hf_args' shared Trainer settings: gloo for CPU workers, save_steps, no hub).
+    `bf16` is mixed precision (autocast over float32 master weights, as the SFT-family loop does);
+    `warmup_ratio` goes in as a ratio; vLLM rollouts stop on `stop_ids` (the HF rollouts read them from the
+    model's generation config, see `train`)."""
     from trl import GRPOConfig as TRLGRPOConfig
 
-    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
-    accum = cfg.batch_size // per_device
-    # TRL's steps_per_generation counts micro-batches: accum of them make one optimizer step
-    per_rollout = (cfg.rollout_batch_size * cfg.num_generations // cfg.batch_size) if cfg.rollout_batch_size else 1
+    micro, accum, per_generation = worker_split(cfg, checkpoint.rank_world()[1])
+    shared = {k: v for k, v in hf_args(job, cfg).items() if k != "max_length"}  # GRPO caps lengths itself
     return TRLGRPOConfig(
-        output_dir=str(job.out_dir / "trl"), report_to="none", push_to_hub=False, save_strategy="no",
-        use_cpu=not on_gpu, seed=job.seed, data_seed=job.seed, bf16=cfg.bf16,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.hf_warmup_steps(),
-        weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
-        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
-        steps_per_generation=accum * per_rollout,
-        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        **{**shared, "per_device_train_batch_size": micro, "gradient_accumulation_steps": accum},
+        steps_per_generation=per_generation, max_grad_norm=cfg.max_grad_norm,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
         num_iterations=cfg.num_iterations, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
@@ -147,34 +182,63 @@ def trl_args(job: TrainJob, cfg: GRPOConfig, stop_ids: list[int], on_gpu: bool):
     )
 
 
+class EpochSeeded(torch.utils.data.Sampler):
+    """TRL's RepeatSampler with each epoch's prompt order a pure function of (seed, epoch). TRL draws every
+    epoch's permutation from one generator seeded once, so a run resumed in epoch e > 0 (a fresh sampler) would
+    replay epoch 0's order; here the generator is reseeded with seed + epoch (the Trainer's state) per pass."""
+
+    def __init__(self, sampler, epoch):
+        self.sampler, self.epoch = sampler, epoch
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        if self.sampler.shuffle:
+            self.sampler.generator.manual_seed(self.sampler.seed + self.epoch())
+        return iter(self.sampler)
+
+
+def grpo_trainer(**kwargs):
+    """TRL's GRPOTrainer drawing its prompts through `EpochSeeded`, so that a resumed run sees the same batches."""
+    from trl import GRPOTrainer
+
+    class ResumableGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            # state.epoch is e + (micro-batches done) / (per epoch) during epoch e, exactly e + 1 after its last
+            return EpochSeeded(super()._get_train_sampler(dataset), lambda: int(self.state.epoch or 0))
+
+    return ResumableGRPOTrainer(**kwargs)
+
+
 class GRPOTrainerPlugin(Trainer):
     name = "grpo"
     consumes = "prompts"
     Config = GRPOConfig
+    distributed = True  # N workers: DDP through accelerate (launch.py)
+    checkpoints = True  # save_steps at rollout boundaries, resume (checkpoint.py)
+    check_launch = staticmethod(launch_problem)  # launch.check_entry: refused when the recipe loads
 
     def train(self, job: TrainJob, cfg: GRPOConfig) -> TrainResult:
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-        from trl import GRPOTrainer
+        from transformers import PrinterCallback
 
         from data_gen.samplers import stop_token_ids
 
         require_columns(job.data, ["problem", "answer"], "grpo (rl prompts)")
         if len(job.data) == 0:
             raise ValueError("grpo: the rl prompts are empty")
-        torch.set_num_threads(job.num_threads)
-        set_seed(job.seed)
-        on_gpu = torch.cuda.is_available()
-        if cfg.use_vllm and not on_gpu:
+        if problem := launch_problem(cfg, checkpoint.rank_world()[1], job.save_steps):
+            raise ValueError(problem[1])
+        device = setup_torch(job)
+        if cfg.use_vllm and device.type != "cuda":
             raise ValueError("grpo: use_vllm needs a GPU (TRL's colocate weight sync fails on CPU)")
-
-        tokenizer = AutoTokenizer.from_pretrained(job.base_model)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         # float32 master weights whatever the checkpoint's dtype: a bf16 weight near 0.02 moves in steps of
         # ~1.2e-4, so AdamW updates of ~lr=1e-6 would round to nothing. bf16 is TRL's autocast (cfg.bf16).
-        model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32)
-        # TRL stops HF rollouts on the model's generation-config EOS ids: add the chat template's end of turn.
+        model, tokenizer = load_base(job, device)
+        # TRL stops HF rollouts on the model's generation-config EOS ids, read once when the trainer is built:
+        # add the chat template's end of turn for that, then give the model back the base model's, so that every
+        # checkpoint and the exported model keep it.
         saved_eos = model.generation_config.eos_token_id
         stop_ids = stop_token_ids(tokenizer, model.generation_config)
         model.generation_config.eos_token_id = stop_ids
@@ -186,17 +250,23 @@ class GRPOTrainerPlugin(Trainer):
                              f"{cfg.max_length - cfg.max_completion_length} tokens")
         dataset = Dataset.from_dict({"prompt": prompts, "answer": answers})
 
+        args = trl_args(job, cfg, stop_ids)
+        world = checkpoint.rank_world()[1]  # N workers: DDP inside Ray Train's process group (launch.py)
+        log, callbacks, resume_from, resumed = checkpoint.hf_stage(job, args.output_dir, tokenizer, _metrics_callback)
         reward_fn = verifier_reward_func(cfg.reward_timeout_s, job.verifier, job.verifier_options)
-        trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn],
-                              args=trl_args(job, cfg, stop_ids, on_gpu), train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[_metrics_callback(MetricsLog(job.metrics_path))])
-        trainer.train()
-        job.model_dir.mkdir(parents=True, exist_ok=True)
-        trainer.model.generation_config.eos_token_id = saved_eos  # the checkpoint keeps the base model's
-        trainer.model.save_pretrained(job.model_dir)
-        tokenizer.save_pretrained(job.model_dir)
+        trainer = grpo_trainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
+                               processing_class=tokenizer, callbacks=callbacks)
+        model.generation_config.eos_token_id = saved_eos  # TRL keeps stop_ids in its own generation config
+        trainer.remove_callback(PrinterCallback)  # metrics.jsonl is the log; keep stdout quiet
+        trainer.train(resume_from_checkpoint=resume_from)
+        checkpoint.export_model(trainer.model, tokenizer, job.model_dir)
+        checkpoint.finish(job)
+        if log is not None:
+            log.close()
+            shutil.rmtree(args.output_dir, ignore_errors=True)  # the Trainer's scratch; checkpoints moved out
         return TrainResult(job.model_dir, train_tokens=int(trainer.state.num_input_tokens_seen),
                            steps=int(trainer.state.global_step),
                            extra={"mixed_precision": str(trainer.accelerator.mixed_precision),
                                   "master_dtype": str(next(trainer.model.parameters()).dtype),
-                                  "stop_token_ids": stop_ids, "prompts_too_long": too_long})
+                                  "stop_token_ids": stop_ids, "prompts_too_long": too_long,
+                                  "num_workers": world, "resumed_from_step": resumed})

@@ -48,6 +48,8 @@ def check_entry(entry, trainer_cls) -> tuple[str, str] | None:
             return field, "with num_workers > 1 each worker needs a whole GPU (NCCL runs one rank per GPU)"
     if entry.save_steps and not getattr(trainer_cls, "checkpoints", False):
         return "save_steps", f"{trainer_cls.name}: save_steps (resumable checkpoints) is not supported yet"
+    if getattr(entry, "config", None) is not None and hasattr(trainer_cls, "check_launch"):  # e.g. GRPO's split
+        return trainer_cls.check_launch(entry.config, entry.num_workers, entry.save_steps)
     return None
 
 

@@ -147,6 +147,17 @@ def plan(cfg: PPOConfig, n_available: int, world: int) -> tuple[int, int]:
     return n_prompts, minibatch
 
 
+def launch_problem(cfg: PPOConfig, world: int, save_steps: int) -> tuple[str, str] | None:
+    """(field, one-line reason) when `cfg` cannot be shared by `world` workers (launch.check_entry: refused when
+    the recipe loads; `plan` checks again against the prompts there are)."""
+    minibatch = min(cfg.batch_size, cfg.rollout_batch_size * cfg.samples_per_prompt)
+    if cfg.rollout_batch_size % world:
+        return "num_workers", f"ppo: rollout_batch_size={cfg.rollout_batch_size} is not divisible by num_workers={world}"
+    if minibatch % world:
+        return "num_workers", f"ppo: batch_size={minibatch} sequences is not divisible by num_workers={world}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +169,7 @@ class PPOTrainerPlugin(Trainer):
     Config = PPOConfig
     distributed = True  # N workers: FSDP2 over actor, critic and reference, one rollout engine per worker
     checkpoints = True  # save_steps: models, both optimizers and schedulers, RNG and the prompt order
+    check_launch = staticmethod(launch_problem)
 
     def train(self, job: TrainJob, cfg: PPOConfig) -> TrainResult:
         from transformers import AutoTokenizer, get_scheduler
