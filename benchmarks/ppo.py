@@ -11,6 +11,10 @@ its own subprocess, so its memory is its own; the vLLM engine lives inside that 
   from metrics.jsonl's `step_s`; the first iteration (warm-up) is left out when there are more. Engine start
   and model loading happen before the first iteration and are reported apart (`setup_s`).
 - peak_rss_gb: the peak resident set (VmHWM) of the vLLM-rollout PPO process, in GiB (HF's is printed too).
+- rollout_time_ratio and the phases (rollout, score, prep = old / reference log-probs and values, update,
+  sync; medians as above), so one sees which phase bounds the whole-iteration ratio: on a 2-core CPU the
+  update and prep passes (the same work in both runs) dominate, and the ratio stays below 1.5 even when the
+  rollout itself is several times faster (issue 12 notes).
 
     .venv/bin/python benchmarks/ppo.py [--recipe recipes/smollm2-135m.yaml] [--steps N] [--threads 2]
 

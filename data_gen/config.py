@@ -68,6 +68,10 @@ class SamplerConfig(Section):
     num_cpus_per_actor: float = Field(1, ge=0, description="CPUs each engine actor reserves in Ray.")
     kv_cache_gb: float = Field(1.0, gt=0, description="KV cache size for vLLM on CPU (GiB).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM's GPU memory share on GPUs.")
+    memory_gb: float | None = Field(
+        None, gt=0, description="Host memory (GiB) each engine actor reserves in Ray (its `memory` resource), so "
+        "Ray never starts it beside work that would not fit; unset: estimated from the model size, the KV cache "
+        "(kv_cache_gb, or hf_batch_size x max_tokens) and the engine (workbench/resources.py).")
     dtype: str = Field("bfloat16", description="Engine dtype.")
     hf_batch_size: int = Field(64, ge=1, description="Prompts per transformers generate call (engine=hf).")
     vllm_in_process: bool = Field(

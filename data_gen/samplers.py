@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from data_gen.config import SamplerConfig
+from workbench.console import engine_log, quiet_local_ray, send_output
 from workbench.template import TemplateConfig, render_prompt
 
 
@@ -150,12 +151,14 @@ def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float
 
 
 class _HFEngine:
-    """A transformers model held by a Ray actor; sampling goes through `hf_generate`."""
+    """A transformers model held by a Ray actor; sampling goes through `hf_generate`. Its output (loading
+    bars, warnings) goes to `log_path` (workbench/console.py `send_output`)."""
 
-    def __init__(self, model: str, cfg: SamplerConfig, seed: int):
+    def __init__(self, model: str, cfg: SamplerConfig, seed: int, log_path: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        send_output(log_path)
         torch.set_num_threads(max(1, int(cfg.num_cpus_per_actor)))
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -213,9 +216,10 @@ def vllm_completion(output) -> Completion:
 
 
 class _VLLMEngine:
-    """One vLLM engine held by a Ray actor."""
+    """One vLLM engine held by a Ray actor; its output and its engine core's go to `log_path`."""
 
-    def __init__(self, model: str, cfg: SamplerConfig, seed: int):
+    def __init__(self, model: str, cfg: SamplerConfig, seed: int, log_path: str | None = None):
+        send_output(log_path)  # before the engine core starts: it inherits stdout and stderr
         self.in_process = cfg.vllm_in_process
         if self.in_process:  # read by vLLM when the engine is built; this actor holds one engine only
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -261,6 +265,7 @@ def _ensure_ray():
     import ray
 
     if not ray.is_initialized():
+        quiet_local_ray()
         ray.init(include_dashboard=False, log_to_driver=False)
     return ray
 
@@ -272,19 +277,71 @@ def _batches(n_prompts: int, num_actors: int, engine: str, cfg: SamplerConfig) -
     return [(s, min(s + size, n_prompts)) for s in range(0, n_prompts, size)]
 
 
-def start_engines(model: str, cfg: SamplerConfig, seed: int) -> list:
+def engine_memory(model: str, cfg: SamplerConfig, n: int = 1) -> tuple[float, str]:
+    """(GiB each engine actor reserves as Ray `memory`, a note when the estimate was capped): cfg.memory_gb,
+    else the estimate of workbench/resources.py for this model, engine and KV cache."""
+    from workbench.resources import engine_memory_gb, fit_memory, node_memory_gb
+
+    _ensure_ray()
+    return fit_memory("engine", cfg.memory_gb, lambda: engine_memory_gb(cfg, model, resolve_engine(cfg), n),
+                      node_memory_gb())
+
+
+# What each running engine actor reserved and where it writes: {actor id: (GiB, log file or None)}.
+_ENGINES: dict[str, tuple[float, str | None]] = {}
+
+
+def start_engines(model: str, cfg: SamplerConfig, seed: int, log_dir=None, n: int = 1) -> list:
     """Start `cfg.num_actors` engine actors (vLLM or HF per cfg.engine) on Ray; reuse them across
-    `sample(..., engines=...)` calls to pay the engine start once. Stop them with `ray.kill`.
-    Reused multiprocess vLLM engines are not reseeded (see `_VLLMEngine.reseed`)."""
+    `sample(..., engines=...)` calls to pay the engine start once. Stop them with `stop_engines`.
+    Reused multiprocess vLLM engines are not reseeded (see `_VLLMEngine.reseed`).
+    Each reserves `engine_memory` as Ray `memory` (for `n` responses a prompt) and, with `log_dir`, writes
+    its whole output to `engine_log(log_dir, i)` (engine.log, engine-1.log, ...) instead of the console."""
     ray = _ensure_ray()
     cls = _VLLMEngine if resolve_engine(cfg) == "vllm" else _HFEngine
+    memory_gb, note = engine_memory(model, cfg, n)
+    if note:
+        print(f"engine memory: {note}", flush=True)
     actor_cls = ray.remote(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor,
+                           memory=int(memory_gb * 2**30),
                            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})(cls)
-    return [actor_cls.remote(model, cfg, seed + i) for i in range(cfg.num_actors)]
+    actors = []
+    for i in range(cfg.num_actors):
+        log = str(engine_log(log_dir, i)) if log_dir is not None else None
+        actors.append(actor_cls.remote(model, cfg, seed + i, log))
+        _ENGINES[actors[-1]._actor_id.hex()] = (memory_gb, log)
+    return actors
+
+
+def stop_engines(engines: list) -> None:
+    """Kill engine actors from `start_engines`."""
+    import ray
+
+    for actor in engines:
+        ray.kill(actor)
+        _ENGINES.pop(actor._actor_id.hex(), None)
+
+
+def engine_failure(desc: str, actor, exc: BaseException) -> RuntimeError:
+    """One line for a failed engine actor: killed for memory (what it reserved, what Ray saw), else the
+    error's first line; either way the log file holding the actor's whole output."""
+    from workbench.resources import memory_kill
+
+    memory_gb, log = _ENGINES.get(actor._actor_id.hex(), (None, None))
+    where = f" (full output: {log})" if log else ""
+    if (killed := memory_kill(exc)) is not None:
+        return RuntimeError(f"{desc}: an engine actor was killed for memory (reserved {memory_gb:g} GiB; "
+                            f"{killed}): set memory_gb higher, or lower kv_cache_gb / hf_batch_size{where}")
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines() or [""]
+    if getattr(exc, "actor_init_failed", False):  # the creation task's traceback: its last line is the error
+        return RuntimeError(f"{desc}: engine actor failed to start: {lines[-1].strip()}{where}")
+    return RuntimeError(f"{desc}: engine actor failed: {type(cause).__name__}: {lines[0]}{where}")
 
 
 def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int,
-           desc: str = "generate", engines: list | None = None, shards=None) -> list[list[Completion]]:
+           desc: str = "generate", engines: list | None = None, shards=None,
+           log_dir=None) -> list[list[Completion]]:
     """`n` completions for every rendered prompt, in prompt order, from engine actors on Ray.
 
     Prompts are cut into contiguous shards (`_batches`) handed to actors round-robin; before shard k its
@@ -294,7 +351,8 @@ def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int
     `_VLLMEngine.reseed`), so there a resumed run draws fresh samples for the missing shards.
     `shards` (a `data_gen.shards.ShardStore`) saves each finished shard and reuses the ones an earlier,
     killed run saved: only the missing shards are sampled, and no engine starts when none is missing.
-    `engines` (from `start_engines`) reuses running actors; otherwise they are started here and stopped.
+    `engines` (from `start_engines`) reuses running actors; otherwise they are started here and stopped,
+    writing their output into `log_dir` (`start_engines`). A failed actor raises one line naming its log.
     """
     from rich.progress import Progress
 
@@ -319,26 +377,30 @@ def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int
         return results
     ray = _ensure_ray()
     own = engines is None
-    actors = start_engines(model, cfg, seed) if own else engines
+    actors = start_engines(model, cfg, seed, log_dir, n) if own else engines
     futures = {}
     for i, (k, s, e) in enumerate(missing):
         actor = actors[i % num_actors]
         actor.reseed.remote(seed + k)  # an actor runs its calls in order: this seeds the generate below
-        futures[actor.generate.remote(prompts[s:e], n)] = (k, s, e)
+        futures[actor.generate.remote(prompts[s:e], n)] = (k, s, e, actor)
     try:
         with Progress(transient=False) as bar:
-            task = bar.add_task(f"{desc} ({engine}, {num_actors} actor(s))", total=len(prompts),
+            reserved = _ENGINES.get(actors[0]._actor_id.hex(), (0,))[0]  # Ray `memory` of each actor
+            label = f"{desc} ({engine}, {num_actors} actor(s){f', {reserved:g} GiB each' if reserved else ''})"
+            task = bar.add_task(label, total=len(prompts),
                                 completed=len(prompts) - sum(e - s for _, s, e in missing))
             pending = list(futures)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                k, s, e = futures[done[0]]
-                results[s:e] = ray.get(done[0])
+                k, s, e, actor = futures[done[0]]
+                try:
+                    results[s:e] = ray.get(done[0])
+                except ray.exceptions.RayError as exc:
+                    raise engine_failure(desc, actor, exc) from exc
                 if shards is not None:
                     shards.save(k, s, e, results[s:e])
                 bar.advance(task, e - s)
     finally:
         if own:
-            for actor in actors:
-                ray.kill(actor)
+            stop_engines(actors)
     return results

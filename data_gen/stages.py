@@ -10,7 +10,6 @@ import json
 import shutil
 
 import polars as pl
-from rich.console import Console
 
 from data_gen.builders import (
     PAIR_SCHEMA,
@@ -27,10 +26,11 @@ from data_gen.prompts import load_prompts
 from data_gen.samplers import render_prompts, resolve_engine, sample
 from data_gen.shards import ShardStore
 from data_gen.verifiers import make_verifier, verify_frame
+from workbench.console import readable
 from workbench.resources import check_disk, samples_bytes
 from workbench.stage import StageContext
 
-console = Console()
+console = readable()  # one line per message, also in a log file
 
 SAMPLE_SCHEMA = {"prompt_id": pl.String, "sample_idx": pl.Int64, "response": pl.String,
                  "num_tokens": pl.Int64, "finish_reason": pl.String}
@@ -56,7 +56,8 @@ def generate_stage(ctx: StageContext) -> dict:
     check_disk(ctx.out, [("generate", samples_bytes(len(prompts), cfg.n, cfg.max_tokens))])  # refuse early
     rendered = render_prompts(model, prompts["problem"].to_list(), ctx.recipe.template)
     shards = ShardStore(ctx.out / "shards")  # in the resumable in-progress folder: a killed run keeps them
-    completions = sample(model, rendered, cfg, cfg.n, ctx.recipe.run.seed, desc="generate", shards=shards)
+    completions = sample(model, rendered, cfg, cfg.n, ctx.recipe.run.seed, desc="generate", shards=shards,
+                         log_dir=ctx.out)  # the engine actors' output: generate/engine.log
     rows = {k: [] for k in SAMPLE_SCHEMA}
     for pid, comps in zip(prompts["prompt_id"].to_list(), completions):
         for idx, c in enumerate(comps):
@@ -110,6 +111,9 @@ def build_stage(ctx: StageContext) -> dict:
     rl_prompts.write_parquet(ctx.out / "rl_prompts.parquet")
     demos.write_parquet(ctx.out / "demonstrations.parquet")
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    print_stats(stats)
+    if console.is_terminal:
+        print_stats(stats)
+    elif shown := [f"{k}={stats[k]:.4g}" for k in ("share_correct", "pass@1", "pass@4") if k in stats]:
+        console.print(f"build stats: {', '.join(shown)} (all: stats.json)")  # a log keeps one line
     return {"positives": len(positives), "pairs": len(pairs), "rl_prompts": len(rl_prompts),
             "demonstrations": len(demos)}

@@ -51,13 +51,13 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path, int]], benchmarks: l
     actors, reloading weights between checkpoints; write `out_dir/step-<N>/`; return their curve rows."""
     import ray
 
-    from data_gen.samplers import start_engines
+    from data_gen.samplers import start_engines, stop_engines
     from evaluators.evaluate import benchmark_refs, evaluate_problems, load_benchmarks
 
     if not checkpoints:
         return pl.DataFrame(schema=CURVE_SCHEMA)
     problems = load_benchmarks(benchmark_refs(benchmarks, cfg.limit))
-    engines = start_engines(str(checkpoints[0][1]), cfg, seed)
+    engines = start_engines(str(checkpoints[0][1]), cfg, seed, log_dir=out_dir, n=cfg.k)  # out_dir/engine.log
     frames = []
     try:
         for i, (step, model_dir, tokens) in enumerate(checkpoints):
@@ -67,8 +67,7 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path, int]], benchmarks: l
                                         f"{name}@{step}", seed, verify, engines=engines)
             frames.append(curve_rows(step, tokens, summary))
     finally:
-        for engine in engines:
-            ray.kill(engine)
+        stop_engines(engines)
     return pl.concat(frames)
 
 

@@ -97,7 +97,7 @@ def evaluate_problems(model: str, problems: dict[str, pl.DataFrame], cfg: Evalua
     prompts = render_prompts(model, all_problems["problem"].to_list(), template)
     shards = eval_shards(out_dir, model, prompts, cfg, seed)  # a killed evaluation resumes from these
     completions = sample(model, prompts, cfg, n=cfg.k, seed=seed, desc=f"evaluate {model_name}",
-                         engines=engines, shards=shards)
+                         engines=engines, shards=shards, log_dir=out_dir)  # engine output: out_dir/engine.log
 
     rows = {"benchmark": [], "problem_id": [], "sample_idx": [], "response": [], "num_tokens": [],
             "finish_reason": [], "answer": []}

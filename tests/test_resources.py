@@ -8,11 +8,18 @@ import ray
 from workbench import train_stage
 from workbench.pipeline import Pipeline
 from workbench.recipe import parse_recipe
-from workbench.resources import check_disk, memory_kill, train_memory_gb, with_memory
+from workbench.resources import (
+    check_disk,
+    engine_memory_gb,
+    fit_memory,
+    memory_kill,
+    train_memory_gb,
+    with_memory,
+)
 from workbench.toy_model import save_random_toy_model
 
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
-           "dtype": "float32"}
+           "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "dtype": "float32"}
 OOM = ("Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1, ID: ab) where "
        "the task (task ID: cd, name=_single, pid=42, memory used=12.40GB) was running was 22.59GB / 23.54GB "
        "(0.959), which exceeds the memory usage threshold of 0.95.")
@@ -44,6 +51,18 @@ def test_estimate_matches_the_ppo_entry_ray_killed_and_orders_algorithms(tmp_pat
     assert train_memory_gb(ppo, model) > train_memory_gb(grpo, model) > train_memory_gb(dft, model) > 1.5
 
 
+def test_fsdp_workers_hold_a_share_of_the_model_states_and_ddp_workers_all_of_it(tmp_path):
+    model = smollm2_shaped(tmp_path)
+    spec = {"per_device_batch_size": 8, "max_length": 384, "max_completion_length": 192}
+    one, four, dpo1, dpo4 = entries({"name": "a", "algorithm": "ppo", **spec},
+                                    {"name": "b", "algorithm": "ppo", "num_workers": 4, **spec},
+                                    {"name": "c", "algorithm": "dpo", "per_device_batch_size": 8},
+                                    {"name": "d", "algorithm": "dpo", "per_device_batch_size": 8, "num_workers": 4})
+    states = 134_522_602 * (16 * 2 + 4) / 2**30  # PPO: actor and critic trained, reference frozen
+    assert train_memory_gb(one, model) - train_memory_gb(four, model) == pytest.approx(states * 3 / 4, abs=0.02)
+    assert train_memory_gb(dpo1, model) == train_memory_gb(dpo4, model)
+
+
 def test_explicit_memory_is_kept_checked_and_the_estimate_capped(tmp_path):
     model = smollm2_shaped(tmp_path)
     own, est = entries({"name": "a", "algorithm": "dft", "memory_gb": 3},
@@ -61,6 +80,39 @@ def test_memory_kill_reads_ray_numbers():
     assert memory_kill(ray.exceptions.OutOfMemoryError(OOM)) == \
         "it used 12.40GB; the node had 22.59GB of 23.54GB in use"
     assert memory_kill(ValueError("bad row")) is None
+
+
+def test_memory_kill_reads_an_actor_killed_by_the_memory_monitor():
+    died = ray.exceptions.RayActorError(error_msg=ray.exceptions.ActorDiedError.BASE_ERROR_MSG + "\n" + OOM)
+    assert memory_kill(died) == "it used 12.40GB; the node had 22.59GB of 23.54GB in use"
+    assert memory_kill(ray.exceptions.RayActorError(error_msg="The actor died unexpectedly")) is None
+
+
+def test_engine_estimate_counts_weights_and_kv_cache(tmp_path):
+    """Measured peaks (benchmarks/engine_memory.py, SmolLM2-135M): vLLM kv_cache_gb 1 multiprocess 3.62 GiB,
+    in-process 2.37; HF hf_batch_size 16, n 4, 128 tokens 1.19. The estimate covers each, by < 1.5x."""
+    from data_gen.config import SamplerConfig
+
+    model = smollm2_shaped(tmp_path)
+    vllm = SamplerConfig(engine="vllm", max_tokens=128)
+    assert 3.62 <= engine_memory_gb(vllm, model, "vllm", 4) <= 1.5 * 3.62
+    in_process = vllm.model_copy(update={"vllm_in_process": True})
+    assert 2.37 <= engine_memory_gb(in_process, model, "vllm", 4) <= 1.5 * 2.37
+    bigger_cache = vllm.model_copy(update={"kv_cache_gb": 3.0})
+    assert engine_memory_gb(bigger_cache, model, "vllm") == engine_memory_gb(vllm, model, "vllm") + 2.0
+    on_gpu = vllm.model_copy(update={"num_gpus_per_actor": 1})  # the cache lives on the GPU
+    assert engine_memory_gb(on_gpu, model, "vllm") < engine_memory_gb(in_process, model, "vllm")
+    hf = SamplerConfig(engine="hf", max_tokens=128, hf_batch_size=16)
+    assert 1.19 <= engine_memory_gb(hf, model, "hf", 4) <= 1.5 * 1.19
+    assert engine_memory_gb(hf, model, "hf", 16) > engine_memory_gb(hf, model, "hf", 4)  # more sequences
+
+
+def test_fit_memory_keeps_refuses_and_caps():
+    assert fit_memory("engine", 2.0, lambda: 99.0, 16.0) == (2.0, "")
+    with pytest.raises(ValueError, match=r"engine: memory_gb 20 is more than any Ray node has \(16.0 GiB\)"):
+        fit_memory("engine", 20.0, lambda: 1.0, 16.0)
+    capped = (14.4, "estimated 30.0 GiB, capped to 90% of the node's 16.0 GiB")
+    assert fit_memory("engine", None, lambda: 30.0, 16.0) == capped
 
 
 def test_disk_refusal_gives_the_numbers(tmp_path):

@@ -132,3 +132,69 @@ def test_vllm_stops_at_end_of_turn(tmp_path, ray_local):
         for actor in engines:
             ray.kill(actor)
     assert [(c.finish_reason, c.num_tokens) for c in out[0]] == [("stop", 1)] * 2
+
+
+ENGINE_RUN = """
+import sys, time
+import ray
+from data_gen.config import GenerateConfig
+from data_gen.samplers import sample, start_engines, stop_engines
+from workbench.console import quiet_local_ray
+
+model, out = sys.argv[1], sys.argv[2]
+quiet_local_ray()
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)  # as the pipeline does (init_ray)
+cfg = GenerateConfig(engine="hf", max_tokens=4, dtype="float32", memory_gb=0.5)
+engines = start_engines(model, cfg, seed=0, log_dir=out + "/generate")  # as sample(..., log_dir=) does
+ray.get(engines[0].reseed.remote(0))
+print("reserved", round((ray.cluster_resources()["memory"] - ray.available_resources()["memory"]) / 2**30, 2))
+print("samples", len(sample(model, ["1+2="], cfg, n=2, seed=0, engines=engines)[0]))
+stop_engines(engines)
+try:
+    sample(model + "-missing", ["1+2="], cfg, n=1, seed=0, log_dir=out + "/eval/base")
+except RuntimeError as exc:
+    print("error:", exc)
+time.sleep(2)  # Ray's log monitor would have forwarded any actor line to this driver by now
+ray.shutdown()
+"""
+
+
+def test_engine_actors_reserve_memory_and_write_their_output_in_the_stage_folder(model_dir, tmp_path):
+    """Issue 16: engine actors' loading bars land in <stage>/engine.log, not on the driver's console (Ray
+    forwarding worker output, log_to_driver=True); a failed engine's one-line error names that log; an
+    engine reserves its memory_gb as Ray `memory`."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", ENGINE_RUN, model_dir, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    console = run.stdout + run.stderr
+    assert "reserved 0.5" in run.stdout and "samples 2" in run.stdout
+    assert "Loading weights" not in console and "_HFEngine pid=" not in console
+    assert "Token authentication" not in console
+    assert "Loading weights" in (tmp_path / "generate" / "engine.log").read_text()
+    error = next(line for line in run.stdout.splitlines() if line.startswith("error:"))
+    assert error == ("error: generate: engine actor failed to start: OSError: Repo id must be in the form "
+                     "'repo_name' or 'namespace/repo_name': " + repr(model_dir + "-missing") + ". Use `repo_type` "
+                     f"argument if needed. (full output: {tmp_path / 'eval' / 'base' / 'engine.log'})")
+    assert "Exception raised in creation task" in (tmp_path / "eval" / "base" / "engine.log").read_text()
+
+
+def test_an_engine_killed_for_memory_says_what_it_reserved(monkeypatch):
+    from types import SimpleNamespace
+
+    import ray
+
+    from data_gen import samplers
+
+    actor = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "a1"))
+    monkeypatch.setitem(samplers._ENGINES, "a1", (4.25, "/run/generate/engine.log"))
+    oom = ("Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1, ID: ab) "
+           "where the task (actor ID: cd, name=_VLLMEngine, pid=42, memory used=5.10GB) was running was 22.59GB "
+           "/ 23.54GB (0.959), which exceeds the memory usage threshold of 0.95.")
+    died = ray.exceptions.RayActorError(error_msg="The actor died unexpectedly before finishing this task.\n" + oom)
+    assert str(samplers.engine_failure("generate", actor, died)) == (
+        "generate: an engine actor was killed for memory (reserved 4.25 GiB; it used 5.10GB; the node had 22.59GB "
+        "of 23.54GB in use): set memory_gb higher, or lower kv_cache_gb / hf_batch_size "
+        "(full output: /run/generate/engine.log)")

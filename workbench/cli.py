@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from workbench.console import readable
 from workbench.recipe import RecipeError, load_recipe
 from workbench.registry import BENCHMARKS, TRAINERS, VERIFIERS, broken_plugins, plugins
 from workbench.rundir import NOT_RUN, RunDir
@@ -29,7 +29,7 @@ from workbench.rundir import NOT_RUN, RunDir
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline-RL comparison workbench: DFT against RL baselines on identical data.")
-console = Console()
+console = readable()  # one line per message, also in a log file
 
 RecipeArg = typer.Argument(None, help=f"Recipe YAML (default: {DEFAULT_RECIPE}).")
 OutOpt = typer.Option(None, "--out", help="Run directory (default: <run.out_dir>/<run.name>).")

@@ -10,6 +10,12 @@ live line per running train entry (step, loss or reward, elapsed time, ETA) abov
 warnings of every library, C extensions included), so none of it reaches Ray's driver output; a failure
 message names the log. The live lines read each entry's metrics.jsonl (the trainers' own log) and are
 drawn only on a terminal: captured output (CI, `| tee`) keeps the summaries alone.
+
+Engine actors (sampling for generate and evaluate, data_gen/samplers.py) own their process for life, so
+they call `send_output(<stage folder>/engine.log)` once, before their engine starts: transformers' loading
+bars, vLLM's INFO lines and its engine-core subprocess (which inherits the descriptors) land there.
+`readable()` is the driver's console: one line per summary however long (rich wraps at 80 columns when
+stdout is not a terminal).
 """
 
 from __future__ import annotations
@@ -28,27 +34,70 @@ from rich.table import Table
 LOG_NAME = "train.log"
 
 
-@contextmanager
-def output_to(path: Path):
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path` (appended)."""
+ENGINE_LOG = "engine.log"
+
+
+def readable(**kwargs) -> Console:
+    """The driver's console: prints never wrap (a summary stays one line in a log file or a pipe)."""
+    return Console(soft_wrap=True, **kwargs)
+
+
+def _point_output_at(path: Path) -> int:
+    """dup2 a file (appended) over descriptors 1 and 2; returns its descriptor."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}", flush=True)
+    return fd
+
+
+@contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path` (appended)."""
+    saved = os.dup(1), os.dup(2)
+    fd = None
     try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}", flush=True)
-        yield path
+        fd = _point_output_at(path)
+        yield Path(path)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
-            os.close(f)
+            if f is not None:
+                os.close(f)
+
+
+def send_output(path: Path | str | None) -> None:
+    """For the rest of this process (an actor owns its worker process), its stdout and stderr go to `path`,
+    and to child processes it starts (vLLM's engine core). None: leave them where they are."""
+    if path is not None:
+        os.close(_point_output_at(path))
+
+
+def engine_log(folder: Path | str, index: int) -> Path:
+    """The log of engine actor `index` in a stage folder: engine.log, engine-1.log, ..."""
+    return Path(folder) / (ENGINE_LOG if index == 0 else f"engine-{index}.log")
+
+
+def quiet_local_ray() -> None:
+    """Before `ray.init()` starts a local Ray: no token-authentication notice on the console.
+
+    Ray 2.60 turns on token authentication for every new local cluster when RAY_AUTH_MODE is unset and
+    logs a WARNING saying so, with the logger of ray/_private/authentication/authentication_token_setup.py
+    (`enable_token_auth_by_default`). That logger only reports the authentication mode Ray chose (and, at
+    INFO, where it saved a new token); raising it to ERROR changes nothing Ray does: the local cluster
+    still uses a token, and a user's RAY_AUTH_MODE is still obeyed. (Setting RAY_AUTH_MODE=token here would
+    not do: once `ray` is imported its C++ config has read the variable, and the driver and the GCS would
+    disagree.)"""
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def logged(fn, log_path, *args, **kwargs):

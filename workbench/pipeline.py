@@ -21,15 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
+from workbench.console import quiet_local_ray, readable
 from workbench.lock import RunLock
 from workbench.models import model_fingerprint, resolve_model, toy_identity
 from workbench.recipe import LAUNCH_FIELDS, Recipe
 from workbench.rundir import CHANGED, NOT_RUN, RunDir, read_manifest, stable_hash
 from workbench.stage import StageContext
 
-console = Console()
+console = readable()  # one line per summary, also in a log file
 
 # Where each stage's function lives: "module:function". Imported only when the stage runs.
 STAGE_FUNCTIONS = {
@@ -194,6 +193,7 @@ def init_ray(recipe: Recipe) -> None:
     if recipe.ray.address:
         ray.init(address=recipe.ray.address, **kwargs)
     else:
+        quiet_local_ray()  # no token-auth notice on the console; Ray's default is unchanged
         ray.init(num_cpus=recipe.ray.num_cpus or os.cpu_count(), num_gpus=recipe.ray.num_gpus, **kwargs)
 
 
@@ -292,10 +292,16 @@ class Pipeline:
             stage.name, tmp, input_hash=stage.input_hash, config=stage.config, seed=stage.extra.get("seed", self.recipe.run.seed),
             counts=counts, wall_time_s=wall,
             inputs={d: (read_manifest(self.rundir.path(d)) or {}).get("input_hash") for d in stage.deps})
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items()  # numbers and short labels; the rest
-                          if isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 16))  # is in the manifest
-        console.print(f"[green]✓[/] {stage.name}: {shown} ({wall:.1f}s)")
+        console.print(f"[green]✓[/] {stage.name}: {summary(counts)} ({wall:.1f}s)")
         return manifest
+
+
+def summary(counts: dict) -> str:
+    """A stage's counts for its one-line summary: numbers (floats to 4 digits) and short labels; the rest,
+    and fingerprints, are in its manifest."""
+    shown = {k: v for k, v in counts.items() if not k.endswith("fingerprint") and (
+        isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 16))}
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
 def is_local_folder(spec: str) -> bool:

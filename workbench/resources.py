@@ -12,6 +12,17 @@ with P the parameter count, tokens = per_device_batch_size * max_length per trai
 GRPO (beta > 0) hold a frozen reference; PPO trains a critic beside the actor and holds a reference. On
 SmolLM2-135M's PPO entry of recipes/smollm2-135m.yaml it gives 12.4 GB, the resident size Ray's memory
 monitor reported for that entry (issue 16) -- one calibration point, so set `memory_gb` where it matters.
+(Since then PPO computes log-probabilities in chunks and peaks near 6 GB on that entry, benchmarks/ppo.py: the
+estimate over-reserves it about twice.) With N workers, the FSDP2 trainers (all but DPO and GRPO, which run
+DDP) hold 1/N of the model states per worker.
+
+Memory of an engine actor (`engine_memory_gb`, used when the generate / evaluate section leaves `memory_gb`
+unset), in GiB: the process (python, torch, transformers or vLLM) + the weights in the engine's dtype +
+
+    vLLM on CPU: kv_cache_gb (the fixed KV cache) + a second process, the engine core (unless in-process)
+    HF generate: the KV cache of one batch, hf_batch_size * n sequences of max_tokens + 256 prompt tokens
+                 (2 * layers * kv_heads * head_dim values a token) + its logits (4 B * vocab, twice)
+    on a GPU:    only the process and the weights (loaded through host memory); the cache lives on the GPU.
 
 Disk (`disk_needed`): generate's samples (every prompt x n x max_tokens at ~4 bytes a token, twice: the
 shards and samples.parquet exist together for a moment) and each train entry's model folder (the base
@@ -31,7 +42,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def model_shape(base_model: str) -> dict:
-    """params, vocab, hidden, layers, ffn, weight_bytes of a local model folder (zeros where unknown)."""
+    """params, vocab, hidden, layers, ffn, weight_bytes, kv_dim (kv heads x head dim) of a local model
+    folder (zeros where unknown)."""
     folder = Path(base_model)
     try:
         cfg = json.loads((folder / "config.json").read_text())
@@ -41,9 +53,42 @@ def model_shape(base_model: str) -> dict:
     weight_bytes = sum(p.stat().st_size for p in folder.glob("*") if p.suffix in _WEIGHT_SUFFIXES) \
         if folder.is_dir() else 0
     dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    heads = int(cfg.get("num_attention_heads", 0) or 0)
+    head_dim = int(cfg.get("head_dim") or (int(cfg.get("hidden_size", 0)) // heads if heads else 0))
     return {"params": weight_bytes // _DTYPE_BYTES.get(dtype, 4), "vocab": int(cfg.get("vocab_size", 0)),
             "hidden": int(cfg.get("hidden_size", 0)), "layers": int(cfg.get("num_hidden_layers", 0)),
-            "ffn": int(cfg.get("intermediate_size", 0)), "weight_bytes": weight_bytes}
+            "ffn": int(cfg.get("intermediate_size", 0)), "weight_bytes": weight_bytes,
+            "kv_dim": int(cfg.get("num_key_value_heads") or heads) * head_dim}
+
+
+# Resident size of an engine actor's process before weights and cache, and of vLLM's engine-core process.
+# Peak RSS of the actor's process tree (benchmarks/engine_memory.py, 2026-11-28, 2-core CPU), estimate in
+# brackets: HF toy:arith, 64 prompts x n 4 x 96 tokens: 0.58 GiB (0.79); HF SmolLM2-135M, hf_batch_size 16
+# x n 4 x 128 tokens: 1.19 (1.55); vLLM SmolLM2, kv_cache_gb 1: in-process 2.37 (2.75), multiprocess 3.62
+# (4.25).
+HF_PROCESS_GB, VLLM_PROCESS_GB, VLLM_CORE_GB = 0.75, 1.5, 1.5
+PROMPT_TOKENS = 256  # a rendered prompt's length, for the HF engine's KV cache (the toy's and GSM8K's: < 200)
+
+
+def engine_memory_gb(cfg, model: str, engine: str, n: int = 1) -> float:
+    """Estimated peak host memory (GiB) of one engine actor with sampler settings `cfg` (data_gen.config.
+    SamplerConfig) drawing `n` responses a prompt; see the module docstring."""
+    shape = model_shape(model)
+    weights = shape["params"] * _DTYPE_BYTES.get(cfg.dtype, 0) or shape["weight_bytes"]
+    on_gpu = cfg.num_gpus_per_actor > 0
+    if engine == "vllm":
+        total = VLLM_PROCESS_GB * GIB + weights
+        if not on_gpu:
+            total += cfg.kv_cache_gb * GIB + (0 if cfg.vllm_in_process else VLLM_CORE_GB * GIB)
+        return round(total / GIB, 2)
+    total = HF_PROCESS_GB * GIB + weights
+    if not on_gpu:
+        value_bytes = _DTYPE_BYTES.get(cfg.dtype, 4)
+        sequences = cfg.hf_batch_size * n
+        per_token = 2 * shape["layers"] * shape["kv_dim"] * value_bytes  # keys and values
+        kv = per_token * sequences * (cfg.max_tokens + PROMPT_TOKENS)
+        total += kv + 2 * 4 * shape["vocab"] * sequences
+    return round(total / GIB, 2)
 
 
 def train_memory_gb(entry, base_model: str) -> float:
@@ -57,7 +102,8 @@ def train_memory_gb(entry, base_model: str) -> float:
         frozen = 1
     per_token = 4 * (3 * shape["vocab"] + shape["layers"] * (12 * shape["hidden"] + 3 * shape["ffn"]))
     tokens = getattr(cfg, "per_device_batch_size", 8) * getattr(cfg, "max_length", 2048) * trainable
-    total = 1.5 * GIB + shape["params"] * (16 * trainable + 4 * frozen) + per_token * tokens / 2
+    shards = entry.num_workers if entry.algorithm not in ("dpo", "grpo") else 1  # FSDP2 splits the states
+    total = 1.5 * GIB + shape["params"] * (16 * trainable + 4 * frozen) / shards + per_token * tokens / 2
     return round(total / GIB, 2)
 
 
@@ -106,32 +152,43 @@ def node_memory_gb() -> float:
     return max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0) / GIB
 
 
+def fit_memory(where: str, memory_gb: float | None, estimate, node_gb: float) -> tuple[float, str]:
+    """(GiB to reserve, note): an explicit `memory_gb` as is (refused when no node has that much), else
+    `estimate()` capped to 90% of the largest node, with a note saying so."""
+    if memory_gb is not None:
+        if node_gb and memory_gb > node_gb:
+            raise ValueError(f"{where}: memory_gb {memory_gb:g} is more than any Ray node has "
+                             f"({node_gb:.1f} GiB): it could never be scheduled")
+        return memory_gb, ""
+    gb, note = estimate(), ""
+    if node_gb and gb > 0.9 * node_gb:
+        note = f"estimated {gb:.1f} GiB, capped to 90% of the node's {node_gb:.1f} GiB"
+        gb = round(0.9 * node_gb, 2)
+    return gb, note
+
+
 def with_memory(entry, base_model: str, node_gb: float):
     """The entry with `memory_gb` set (its own, else the estimate capped to fit on the largest node), and a
     note when the estimate was capped; refuses an explicit memory_gb no node has."""
-    if entry.memory_gb is not None:
-        if node_gb and entry.memory_gb > node_gb:
-            raise ValueError(f"train/{entry.name}: memory_gb {entry.memory_gb:g} is more than any Ray node "
-                             f"has ({node_gb:.1f} GiB): it could never be scheduled")
-        return entry, ""
-    estimate = train_memory_gb(entry, base_model)
-    note = ""
-    if node_gb and estimate > 0.9 * node_gb:
-        note = f"estimated {estimate:.1f} GiB, capped to 90% of the node's {node_gb:.1f} GiB"
-        estimate = round(0.9 * node_gb, 2)
-    return entry.model_copy(update={"memory_gb": estimate}), note
+    gb, note = fit_memory(f"train/{entry.name}", entry.memory_gb, lambda: train_memory_gb(entry, base_model),
+                          node_gb)
+    return (entry if entry.memory_gb is not None else entry.model_copy(update={"memory_gb": gb})), note
 
 
 def memory_kill(exc: BaseException) -> str | None:
-    """For an error of a task killed by Ray's memory monitor, the numbers it gave (else None)."""
+    """For an error of a task or actor killed by Ray's memory monitor, the numbers it gave (else None).
+    A task's error is an OutOfMemoryError; an actor's is an ActorDiedError whose text carries the raylet's
+    "Memory on the node (...) was X used / Y limit" (or "killed due to the node running low on memory")."""
     import re
 
     import ray
 
     cause = getattr(exc, "cause", None) or exc
-    if not isinstance(cause, ray.exceptions.OutOfMemoryError):
-        return None
     text = str(cause)
+    if not (isinstance(cause, ray.exceptions.OutOfMemoryError) or (
+            isinstance(exc, ray.exceptions.RayActorError)
+            and re.search(r"running low on memory|Memory on the node|memory pressure", text))):
+        return None
     used = re.search(r"memory used=([\d.]+\s*[GMK]i?B)", text)
     node = re.search(r"([\d.]+\s*[GMK]i?B)\s*(?:used\s*)?/\s*([\d.]+\s*[GMK]i?B)", text)
     parts = ([f"it used {used.group(1)}"] if used else []) + \

@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from rich.console import Console
-
+from workbench.console import readable
 from workbench.sweep import stage_entry
 from workbench.trainers.base import TrainJob
 
-console = Console()
+console = readable()  # one line per message, also in a log file
 
 # Which build file each kind of data lives in.
 DATA_FILES = {

@@ -21,6 +21,9 @@ def _ensure_ray():
     import ray
 
     if not ray.is_initialized():
+        from workbench.console import quiet_local_ray
+
+        quiet_local_ray()  # no token-auth notice (workbench/console.py)
         ray.init(include_dashboard=False, log_to_driver=False)
     return ray
 

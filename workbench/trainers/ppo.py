@@ -66,7 +66,7 @@ from workbench.trainers.ppo_core import (
     value_loss,
     whiten,
 )
-from workbench.trainers.ppo_models import adamw, batch_tensors, build_models, return_freed_memory
+from workbench.trainers.ppo_models import adamw, batch_tensors, build_models, mmap_threshold
 
 # ---------------------------------------------------------------------------------------------
 # Config and models
@@ -121,7 +121,7 @@ class PPOConfig(TrainConfig):
         0.3, gt=0, le=1, description="Share of the GPU the colocated vLLM engine takes (TRL colocate default 0.3; "
         "verl 0.5 frees its KV cache while training, we do not).")
     rollout_hf_batch_size: int = Field(64, ge=1, description="Prompts per generate call (rollout_engine=hf).")
-    logits_chunk_tokens: int = Field(512, ge=1, description="Response tokens whose logits exist at once when "
+    logits_chunk_tokens: int = Field(256, ge=1, description="Response tokens whose logits exist at once when "
                                      "log-probabilities are computed ([tokens, vocab] float32 per chunk).")
 
 
@@ -182,8 +182,7 @@ class PPOTrainerPlugin(Trainer):
         rank, world = checkpoint.rank_world()
         torch.set_num_threads(max(1, job.num_threads))
         device = worker_device()
-        if device.type == "cpu":
-            return_freed_memory()
+        heap = mmap_threshold if device.type == "cpu" else (lambda mib: None)  # per phase, see ppo_models
         random.seed(job.seed + rank)  # each worker samples its own responses
         np.random.seed(job.seed + rank)
         torch.manual_seed(job.seed + rank)
@@ -244,6 +243,7 @@ class PPOTrainerPlugin(Trainer):
         for step in range(state["step"] + 1, iterations + 1):
             # ---- rollout: this worker's share of the batch's prompts; sample token ids, score the texts
             t0 = time.perf_counter()
+            heap(64)
             while len(order) < n_prompts:
                 order += rng.permutation(len(prompts)).tolist()
             idx, order = order[:n_prompts][rank * share:(rank + 1) * share], order[n_prompts:]
@@ -285,6 +285,7 @@ class PPOTrainerPlugin(Trainer):
             # backward passes. Losses are token means over the whole minibatch, summed over the workers
             # (x world: FSDP averages the workers' gradients).
             t2 = time.perf_counter()
+            heap(1)
             actor.train()
             critic.train()
             sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "kl_loss": 0.0}

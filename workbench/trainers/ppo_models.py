@@ -82,17 +82,22 @@ def batch_tensors(prompt_ids: list[list[int]], responses: list[list[int]], pad: 
             torch.tensor(mask, device=device).float())
 
 
-def return_freed_memory() -> None:
-    """Serve blocks of 1 MiB and more by mmap, so that freeing a tensor returns its memory at once.
+def mmap_threshold(mib: int) -> None:
+    """Serve heap blocks of `mib` MiB and more by mmap from now on (glibc `mallopt(M_MMAP_THRESHOLD)`), and give
+    the heap's free pages back to the system (`malloc_trim(0)`). A no-op outside glibc.
 
-    glibc otherwise keeps the freed blocks of PPO's large short-lived tensors (logit chunks, activations) in its
-    heaps, and the resident set grew with fragmentation over one SmolLM2 iteration (what MALLOC_MMAP_THRESHOLD_
-    does at start-up; benchmarks/dft_overhead.py sets it for the same reason). A no-op outside glibc.
+    PPO switches per phase on CPU. Updates: 1 MiB, so a freed activation or logit chunk returns its memory at
+    once; glibc otherwise keeps such blocks in its heaps and the resident set of a SmolLM2 iteration grew from
+    6.0 to 6.7-7.9 GiB (benchmarks/ppo.py). Rollouts and the no-grad passes: 64 MiB, because below that every
+    activation (and every KV-cache step of HF generate) is a fresh mmap whose pages the kernel zeroes: a SmolLM2
+    forward took 1.5x as long and HF generate 2.2x.
     """
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(-3, mib << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
