@@ -46,7 +46,8 @@ def main() -> None:
     import ray
 
     from data_gen.config import SamplerConfig
-    from data_gen.samplers import engine_memory, render_prompts, start_engines, stop_engines
+    from data_gen.engines import engine_memory, start_engines, stop_engines
+    from data_gen.samplers import render_prompts
     from workbench.console import quiet_local_ray
     from workbench.models import resolve_model
     from workbench.template import TemplateConfig

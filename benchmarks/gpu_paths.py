@@ -1,6 +1,6 @@
 """The paths of benchmarks/gpu_check.py: each builds what it needs, runs one GPU code path of the workbench
 through its public functions (trainer plugins' `train(job, cfg)`, `common.micro_batch_loss`, `launch.shard`,
-`data_gen.samplers.sample`) and returns one line of detail, raises `Skip` with the reason, or raises.
+`data_gen.engines.sample`) and returns one line of detail, raises `Skip` with the reason, or raises.
 
 The model is random, with SmolLM2-135M's architecture, tokenizer and chat template (gpu_assets/, see
 PROVENANCE.md); the data are a few in-memory rows with the columns of DESIGN.md. Every path also runs on CPU
@@ -288,12 +288,13 @@ def check_fsdp(model_dir: Path, device, args) -> str:
 
 
 def ray_sample(model_dir: Path, engine: str) -> str:
-    """Sample 2 responses per prompt through `data_gen.samplers.sample` (Ray engine actors)."""
+    """Sample 2 responses per prompt through `data_gen.engines.sample` (Ray engine actors)."""
     import ray
     import torch
 
     from data_gen.config import SamplerConfig
-    from data_gen.samplers import render_prompts, sample
+    from data_gen.engines import sample
+    from data_gen.samplers import render_prompts
     from workbench.template import TemplateConfig
 
     gpu = torch.cuda.is_available()

@@ -42,8 +42,9 @@ def main() -> None:
     import torch
 
     from data_gen.config import GenerateConfig, PromptsConfig
+    from data_gen.engines import sample, start_engines
     from data_gen.prompts import load_prompts
-    from data_gen.samplers import build_vllm, hf_generate, render_prompts, sample, start_engines, vllm_params
+    from data_gen.samplers import build_vllm, hf_generate, render_prompts, vllm_params
     from workbench.template import TemplateConfig
 
     model = args.model or default_model()

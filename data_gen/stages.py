@@ -21,9 +21,10 @@ from data_gen.builders import (
     build_stats,
     print_stats,
 )
+from data_gen.engines import sample
 from data_gen.export import provenance
 from data_gen.prompts import load_prompts
-from data_gen.samplers import render_prompts, resolve_engine, sample
+from data_gen.samplers import render_prompts, resolve_engine
 from data_gen.shards import ShardStore
 from data_gen.verifiers import make_verifier, verify_frame
 from workbench.console import readable

@@ -51,7 +51,7 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path, int]], benchmarks: l
     actors, reloading weights between checkpoints; write `out_dir/step-<N>/`; return their curve rows."""
     import ray
 
-    from data_gen.samplers import start_engines, stop_engines
+    from data_gen.engines import start_engines, stop_engines
     from evaluators.evaluate import benchmark_refs, evaluate_problems, load_benchmarks
 
     if not checkpoints:

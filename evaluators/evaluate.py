@@ -85,8 +85,9 @@ def evaluate_problems(model: str, problems: dict[str, pl.DataFrame], cfg: Evalua
                       verify: VerifyConfig | None = None, engines: list | None = None) -> pl.DataFrame:
     """`evaluate_model` on problem frames already loaded: {name: frame of problem_id, problem, answer}
     (e.g. the validation split of a sweep, which is no registered benchmark). `engines`: running engine
-    actors holding this model (`data_gen.samplers.start_engines`), reused instead of starting new ones."""
-    from data_gen.samplers import render_prompts, sample
+    actors holding this model (`data_gen.engines.start_engines`), reused instead of starting new ones."""
+    from data_gen.engines import sample
+    from data_gen.samplers import render_prompts
     from data_gen.verifiers.frame import verify_benchmarks
 
     out_dir = Path(out_dir)

@@ -67,7 +67,7 @@ def test_one_engine_reloads_each_checkpoint(ray_local, tmp_path, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_gen import samplers
+    from data_gen import engines
     from evaluators.config import EvaluateConfig
     from workbench.models import toy_template
     from workbench.toy_model import save_random_toy_model
@@ -82,8 +82,8 @@ def test_one_engine_reloads_each_checkpoint(ray_local, tmp_path, monkeypatch):
         if "token" in f.name or f.name == "chat_template.jinja":
             (second / f.name).write_bytes(f.read_bytes())
     starts = []
-    real_start = samplers.start_engines
-    monkeypatch.setattr(samplers, "start_engines", lambda *a, **k: starts.append(a[0]) or real_start(*a, **k))
+    real_start = engines.start_engines
+    monkeypatch.setattr(engines, "start_engines", lambda *a, **k: starts.append(a[0]) or real_start(*a, **k))
     cfg = EvaluateConfig(benchmarks=["toy-id"], k=2, limit=4, engine="hf", max_tokens=16, bootstrap_samples=100)
     curve = evaluate_checkpoints([(1, first, 10), (2, second, 20)], cfg.benchmarks, cfg, toy_template(),
                                  tmp_path / "ckpts", "dft", seed=0)

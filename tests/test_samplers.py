@@ -3,7 +3,8 @@
 import pytest
 
 from data_gen.config import GenerateConfig
-from data_gen.samplers import Completion, hf_generate, render_prompts, sample, start_engines, vllm_available
+from data_gen.engines import sample, start_engines
+from data_gen.samplers import Completion, hf_generate, render_prompts, vllm_available
 from workbench.template import TemplateConfig
 from workbench.toy_model import random_toy_model, save_random_toy_model
 
@@ -138,7 +139,7 @@ ENGINE_RUN = """
 import sys, time
 import ray
 from data_gen.config import GenerateConfig
-from data_gen.samplers import sample, start_engines, stop_engines
+from data_gen.engines import sample, start_engines, stop_engines
 from workbench.console import quiet_local_ray
 
 model, out = sys.argv[1], sys.argv[2]
@@ -186,15 +187,15 @@ def test_an_engine_killed_for_memory_says_what_it_reserved(monkeypatch):
 
     import ray
 
-    from data_gen import samplers
+    from data_gen import engines
 
     actor = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "a1"))
-    monkeypatch.setitem(samplers._ENGINES, "a1", (4.25, "/run/generate/engine.log"))
+    monkeypatch.setitem(engines._ENGINES, "a1", (4.25, "/run/generate/engine.log"))
     oom = ("Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1, ID: ab) "
            "where the task (actor ID: cd, name=_VLLMEngine, pid=42, memory used=5.10GB) was running was 22.59GB "
            "/ 23.54GB (0.959), which exceeds the memory usage threshold of 0.95.")
     died = ray.exceptions.RayActorError(error_msg="The actor died unexpectedly before finishing this task.\n" + oom)
-    assert str(samplers.engine_failure("generate", actor, died)) == (
+    assert str(engines.engine_failure("generate", actor, died)) == (
         "generate: an engine actor was killed for memory (reserved 4.25 GiB; it used 5.10GB; the node had 22.59GB "
         "of 23.54GB in use): set memory_gb higher, or lower kv_cache_gb / hf_batch_size "
         "(full output: /run/generate/engine.log)")

@@ -11,7 +11,7 @@ warnings of every library, C extensions included), so none of it reaches Ray's d
 message names the log. The live lines read each entry's metrics.jsonl (the trainers' own log) and are
 drawn only on a terminal: captured output (CI, `| tee`) keeps the summaries alone.
 
-Engine actors (sampling for generate and evaluate, data_gen/samplers.py) own their process for life, so
+Engine actors (sampling for generate and evaluate, data_gen/engines.py) own their process for life, so
 they call `send_output(<stage folder>/engine.log)` once, before their engine starts: transformers' loading
 bars, vLLM's INFO lines and its engine-core subprocess (which inherits the descriptors) land there.
 `readable()` is the driver's console: one line per summary however long (rich wraps at 80 columns when
@@ -98,6 +98,17 @@ def quiet_local_ray() -> None:
     import logging
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def ensure_ray():
+    """The `ray` module, with a local Ray started (quietly, no dashboard, workers' output not on the console)
+    unless one is running already (the pipeline's, or a test's)."""
+    import ray
+
+    if not ray.is_initialized():
+        quiet_local_ray()
+        ray.init(include_dashboard=False, log_to_driver=False)
+    return ray
 
 
 def logged(fn, log_path, *args, **kwargs):

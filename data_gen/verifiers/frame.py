@@ -15,17 +15,7 @@ import polars as pl
 from data_gen.config import VerifyConfig
 from data_gen.io import read_rows
 from data_gen.verifiers.base import STATUSES, VerifierError, check_chunk, grade_chunk, make_verifier
-
-
-def _ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        from workbench.console import quiet_local_ray
-
-        quiet_local_ray()  # no token-auth notice (workbench/console.py)
-        ray.init(include_dashboard=False, log_to_driver=False)
-    return ray
+from workbench.console import ensure_ray
 
 
 def verify_frame(df: pl.DataFrame, cfg: VerifyConfig) -> pl.DataFrame:
@@ -39,7 +29,7 @@ def verify_frame(df: pl.DataFrame, cfg: VerifyConfig) -> pl.DataFrame:
             raise VerifierError(f"verify: input has no {col!r} column (columns: {df.columns})")
     verifier = make_verifier(cfg.verifier, cfg.options)
     verifier.check_ready()  # refuse before any work (e.g. the code verifier without a sandbox)
-    ray = _ensure_ray()
+    ray = ensure_ray()
     task = ray.remote(num_cpus=cfg.num_cpus_per_task, max_retries=0)(grade_chunk)
     responses = [r if r is not None else "" for r in df["response"].to_list()]
     golds = [str(a) if a is not None else "" for a in df["answer"].to_list()]

@@ -218,7 +218,6 @@ class PPOTrainerPlugin(Trainer):
             rng.bit_generator.state = state["prompt_rng"]
         train_tokens, rollout_tokens = state.get("train_tokens", 0), state.get("rollout_tokens", 0)
         mb, chunk = cfg.per_device_batch_size, cfg.logits_chunk_tokens
-        total = all_sum if world > 1 else None
         sync_s = engine.sync(actor)  # a reused engine, or a resumed run, may hold other weights
 
         def window(j):
@@ -277,7 +276,7 @@ class PPOTrainerPlugin(Trainer):
                 rewards[torch.arange(len(ids)), last] += scores  # verifier reward at the final token
                 advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 if cfg.whiten_advantages:
-                    advantages = whiten(advantages, mask, total=total)
+                    advantages = whiten(advantages, mask, total=all_sum if world > 1 else None)
             kl_loss = cfg.kl_coef > 0 and not cfg.kl_in_reward
 
             # ---- update: ppo_epochs passes of minibatches (each worker takes its share of every minibatch);
@@ -294,7 +293,7 @@ class PPOTrainerPlugin(Trainer):
                 perm = torch.randperm(len(ids), device=device)
                 for s in range(0, len(ids), local_minibatch):
                     mb_idx = perm[s : s + local_minibatch]
-                    (mb_tokens,) = (total or tuple)((float(mask[mb_idx].sum()),))
+                    (mb_tokens,) = all_sum((float(mask[mb_idx].sum()),))
                     mb_tokens = max(mb_tokens, 1.0)
                     for u in range(0, len(mb_idx), mb):
                         j = mb_idx[u : u + mb]
@@ -332,7 +331,7 @@ class PPOTrainerPlugin(Trainer):
 
             # ---- the step's numbers, summed over the workers
             n_seq, n_tok = len(ids), float(mask.sum())
-            sums, n_seq, n_tok, score_sum, kl_sum, ent_sum, tokens = (total or tuple)((
+            sums, n_seq, n_tok, score_sum, kl_sum, ent_sum, tokens = all_sum((
                 sums, n_seq, n_tok, float(scores.sum()), float((kl * mask).sum()),
                 float((torch.cat(entropy) * mask).sum()), int(attn.sum())))
             train_tokens += tokens * cfg.ppo_epochs
