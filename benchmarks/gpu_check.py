@@ -18,6 +18,12 @@ crash or a broken CUDA context stays there; its full log goes to --log-dir) and 
 - ray, vllm, grpo-vllm, ppo-vllm: sampling through Ray engine actors (HF; vLLM), GRPO's vLLM colocate mode
   and PPO's in-process vLLM rollouts with weight sync, where ray / vllm import, else skipped with the reason.
 
+Then the memory plan (`memory-plan`, workbench/memory_plan.py): benchmarks/memory_plan.py's cases (DFT, DPO,
+GRPO and PPO, bf16, with and without gradient checkpointing) each train 2 steps in a process of their own on
+this model; each prints its peak `torch.cuda.max_memory_allocated` beside the plan's per-GPU estimate without
+its runtime part (the CUDA context is not allocated memory), and their ratio. On CPU (`--allow-cpu`) the
+peak is the process's resident set and the estimate the plan's per-process total.
+
 Then the figures, the last line, JSON: benchmarks/dft_overhead.py's variants, each in its own process, on
 this model and one random batch of --batch x --seq tokens: DFT/SFT step time and peak memory on the path our
 loop takes on GPUs (the tiled head), and our DFT step's peak memory over TRL's
@@ -56,13 +62,17 @@ GROUPS = [("tiled-head-sft", "tiled-head-dft"), ("bf16-autocast",), ("dpo",), ("
 PATHS = [p for group in GROUPS for p in group]
 VARIANTS = ("sft-fused", "dft-fused", "dft-logits", "trl-dft")  # dft_overhead.py's names
 FIGURES_RESERVE_S = 120  # of the budget, kept for the figures' four processes
+MEMORY = "memory-plan"  # the memory plan's cases (benchmarks/memory_plan.py), each in its own process
+MEMORY_CASES = ("dft", "dft-ckpt", "dpo-ckpt", "grpo", "grpo-ckpt", "ppo-ckpt")
+MEMORY_RESERVE_S = 120  # of the budget, kept for them
 
 
 def import_everything() -> list[str]:
     """Import every module the paths use (ray and vllm only where they import); return the failures."""
     failures = []
     for name in ["torch", "transformers", "safetensors", "datasets", "polars", "math_verify", "trl", "trl.trainer",
-                 "torch.distributed.fsdp", "benchmarks.dft_overhead", "data_gen.samplers", "data_gen.verifier",
+                 "torch.distributed.fsdp", "benchmarks.dft_overhead", "benchmarks.memory_plan", "workbench.memory_plan",
+                 "data_gen.samplers", "data_gen.verifier",
                  "workbench.trainers.common", "workbench.trainers.launch", "workbench.trainers.dft",
                  "workbench.trainers.dpo", "workbench.trainers.grpo", "workbench.trainers.ppo"]:
         try:
@@ -116,6 +126,50 @@ def measure_child(args) -> None:
     vocab = AutoConfig.from_pretrained(args.model_dir).vocab_size
     dft_overhead.child(SimpleNamespace(variant=args.measure, vocab=vocab, seq=args.seq, batch=args.batch,
                                        steps=args.steps, warmup=2, threads=min(8, os.cpu_count() or 1)))
+
+
+def memory_child(args) -> None:
+    """One memory-plan case: train it, print its peak (GPU: max_memory_allocated; CPU: peak resident set)."""
+    import resource
+
+    import torch
+
+    from benchmarks import memory_plan as bench
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    result = bench.train_case(args.memory_case, args.model_dir, min(8, os.cpu_count() or 1),
+                              Path(tempfile.mkdtemp(dir=args.work_dir)) / "t", bf16=on_gpu)
+    peak = torch.cuda.max_memory_allocated() if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({**result, "peak_gib": peak / 2**30, "on_gpu": on_gpu}), flush=True)
+
+
+def run_memory(common: list[str], deadline: float, args, log_dir: Path, model_dir: Path) -> dict:
+    """Each memory-plan case in its own process: one line each (measured, estimate, ratio); {case: numbers}."""
+    from benchmarks import memory_plan as bench
+    from workbench.memory_plan import GIB
+
+    out = {}
+    for case in MEMORY_CASES:
+        left = deadline - time.monotonic()
+        if left < 10:
+            print(f"{MEMORY} {case}: skipped: time budget spent", flush=True)
+            continue
+        stdout, err, rc, timed_out = run_child([sys.executable, __file__, "--memory-case", case, *common],
+                                               min(args.path_timeout_s, left), log_dir / f"memory-{case}.log")
+        try:
+            got = json.loads(stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            print(f"{MEMORY} {case}: {parse_results(stdout, err, rc, ['x'], timed_out)['x']}", flush=True)
+            continue
+        plan = bench.estimate(case, str(model_dir), on_gpu=got["on_gpu"], bf16=got["on_gpu"])
+        est = (plan.total - (plan.parts["runtime"] if got["on_gpu"] else 0)) / GIB
+        out[case] = {"measured_gib": round(got["peak_gib"], 3), "estimate_gib": round(est, 3),
+                     "ratio": round(est / got["peak_gib"], 3)}
+        print(f"{MEMORY} {case}: measured {got['peak_gib']:.2f} GiB, estimate {est:.2f} GiB, ratio "
+              f"{est / got['peak_gib']:.2f} [{got['wall_s']} s; {plan.line()}]", flush=True)
+    return out
 
 
 # --- the driver --------------------------------------------------------------------------------------------
@@ -231,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-cpu", action="store_true", help="run on CPU when there is no GPU (slow)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--measure", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-case", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -238,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         return child(args) or 0
     if args.measure:
         return measure_child(args) or 0
+    if args.memory_case:
+        return memory_child(args) or 0
 
     start = time.monotonic()
-    wanted = args.only.split(",") if args.only else PATHS
-    unknown = sorted(set(wanted) - set(PATHS))
+    wanted = args.only.split(",") if args.only else [*PATHS, MEMORY]
+    unknown = sorted(set(wanted) - {*PATHS, MEMORY})
     if unknown:
         raise SystemExit(f"--only: unknown path(s) {', '.join(unknown)} (known: {', '.join(PATHS)})")
     failures = import_everything()
@@ -267,11 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--model-dir", str(model_dir), "--work-dir", str(work), "--seq", str(args.seq),
                   "--batch", str(args.batch), "--steps", str(args.steps)]
         deadline = start + args.budget_s
-        run_paths(wanted, common, deadline - (0 if args.no_figures else FIGURES_RESERVE_S), args, log_dir)
+        reserve = 0 if args.no_figures else FIGURES_RESERVE_S
+        run_paths(wanted, common, deadline - reserve - (MEMORY_RESERVE_S if MEMORY in wanted else 0), args, log_dir)
+        memory = run_memory(common, deadline - reserve, args, log_dir, model_dir) if MEMORY in wanted else {}
         results = {} if args.no_figures else run_figures(common, deadline, args, log_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({**figures(results, args, device_name), "wall_s": round(time.monotonic() - start, 1)}), flush=True)
+    print(json.dumps({**figures(results, args, device_name), "memory_plan": memory,
+                      "wall_s": round(time.monotonic() - start, 1)}), flush=True)
     return 0
 
 

@@ -4,11 +4,15 @@ every shard saved as it finishes (`sample`), and what each actor reserved and wh
 The engines themselves (`hf_generate`, `build_vllm`, stop tokens) are in `data_gen/samplers.py`. An actor owns its
 process for life: its whole output, vLLM's engine-core subprocess included, goes to `engine.log` in its stage
 folder (`workbench/console.py send_output`), and it reserves `memory_gb` (or an estimate) as Ray `memory`.
+Actors are named after the stage they serve (`generate: engine 0`, `evaluate dft: engine 1`, what the Ray
+dashboard shows) and spread over the cluster's nodes (Ray's SPREAD strategy). An actor lost while sampling
+(its process or node died) is replaced, and only its unfinished shards are sampled again (`sample`).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 
 from data_gen.config import SamplerConfig
 from data_gen.samplers import (
@@ -128,12 +132,15 @@ def engine_memory(model: str, cfg: SamplerConfig, n: int = 1) -> tuple[float, st
 _ENGINES: dict[str, tuple[float, str | None]] = {}
 
 
-def start_engines(model: str, cfg: SamplerConfig, seed: int, log_dir=None, n: int = 1) -> list:
+def start_engines(model: str, cfg: SamplerConfig, seed: int, log_dir=None, n: int = 1, desc: str = "engines",
+                  first: int = 0, count: int | None = None) -> list:
     """Start `cfg.num_actors` engine actors (vLLM or HF per cfg.engine) on Ray; reuse them across
     `sample(..., engines=...)` calls to pay the engine start once. Stop them with `stop_engines`.
     Reused multiprocess vLLM engines are not reseeded (see `_VLLMEngine.reseed`).
     Each reserves `engine_memory` as Ray `memory` (for `n` responses a prompt) and, with `log_dir`, writes
-    its whole output to `engine_log(log_dir, i)` (engine.log, engine-1.log, ...) instead of the console."""
+    its whole output to `engine_log(log_dir, i)` (engine.log, engine-1.log, ...) instead of the console.
+    `desc` names the actors (`<desc>: engine <i>`); `first`, `count`: start only actors first..first+count-1
+    (a replacement)."""
     ray = ensure_ray()
     cls = _VLLMEngine if resolve_engine(cfg) == "vllm" else _HFEngine
     memory_gb, note = engine_memory(model, cfg, n)
@@ -141,11 +148,13 @@ def start_engines(model: str, cfg: SamplerConfig, seed: int, log_dir=None, n: in
         print(f"engine memory: {note}", flush=True)
     actor_cls = ray.remote(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor,
                            memory=int(memory_gb * 2**30),
-                           runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})(cls)
+                           runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+                           scheduling_strategy="SPREAD")(cls)
     actors = []
-    for i in range(cfg.num_actors):
+    for i in range(first, first + (cfg.num_actors if count is None else count)):
         log = str(engine_log(log_dir, i)) if log_dir is not None else None
-        actors.append(actor_cls.remote(model, cfg, seed + i, log))
+        name = f"{desc}: engine {i} ({uuid.uuid4().hex[:4]})"  # unique while alive, as Ray requires
+        actors.append(actor_cls.options(name=name).remote(model, cfg, seed + i, log))
         _ENGINES[actors[-1]._actor_id.hex()] = (memory_gb, log)
     return actors
 
@@ -178,7 +187,7 @@ def engine_failure(desc: str, actor, exc: BaseException) -> RuntimeError:
 
 def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int,
            desc: str = "generate", engines: list | None = None, shards=None,
-           log_dir=None) -> list[list[Completion]]:
+           log_dir=None, max_replacements: int = 3) -> list[list[Completion]]:
     """`n` completions for every rendered prompt, in prompt order, from engine actors on Ray.
 
     Prompts are cut into contiguous shards (`_batches`) handed to actors round-robin; before shard k its
@@ -189,7 +198,10 @@ def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int
     `shards` (a `data_gen.shards.ShardStore`) saves each finished shard and reuses the ones an earlier,
     killed run saved: only the missing shards are sampled, and no engine starts when none is missing.
     `engines` (from `start_engines`) reuses running actors; otherwise they are started here and stopped,
-    writing their output into `log_dir` (`start_engines`). A failed actor raises one line naming its log.
+    writing their output into `log_dir` (`start_engines`). An actor started here that dies while sampling
+    (process or node lost, not killed for memory) is replaced, up to `max_replacements` times, and only
+    the shards it had not finished are sampled again, by the new actor with the same seeds. Any other
+    failure raises one line naming the actor's log.
     """
     from rich.progress import Progress
 
@@ -214,26 +226,44 @@ def sample(model: str, prompts: list[str], cfg: SamplerConfig, n: int, seed: int
         return results
     ray = ensure_ray()
     own = engines is None
-    actors = start_engines(model, cfg, seed, log_dir, n) if own else engines
-    futures = {}
-    for i, (k, s, e) in enumerate(missing):
-        actor = actors[i % num_actors]
-        actor.reseed.remote(seed + k)  # an actor runs its calls in order: this seeds the generate below
-        futures[actor.generate.remote(prompts[s:e], n)] = (k, s, e, actor)
+    actors = start_engines(model, cfg, seed, log_dir, n, desc=desc) if own else engines
+    futures = {}  # ObjectRef -> (shard k, start, end, actor slot)
+
+    def submit(k: int, s: int, e: int, slot: int):
+        actors[slot].reseed.remote(seed + k)  # an actor runs its calls in order: this seeds the generate below
+        ref = actors[slot].generate.remote(prompts[s:e], n)
+        futures[ref] = (k, s, e, slot)
+        return ref
+
+    pending = [submit(k, s, e, i % num_actors) for i, (k, s, e) in enumerate(missing)]
+    replaced = 0
     try:
         with Progress(transient=False) as bar:
             reserved = _ENGINES.get(actors[0]._actor_id.hex(), (0,))[0]  # Ray `memory` of each actor
             label = f"{desc} ({engine}, {num_actors} actor(s){f', {reserved:g} GiB each' if reserved else ''})"
             task = bar.add_task(label, total=len(prompts),
                                 completed=len(prompts) - sum(e - s for _, s, e in missing))
-            pending = list(futures)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                k, s, e, actor = futures[done[0]]
+                k, s, e, slot = futures.pop(done[0])
                 try:
                     results[s:e] = ray.get(done[0])
+                except ray.exceptions.RayActorError as exc:
+                    from workbench.resources import memory_kill
+
+                    if not own or replaced >= max_replacements or memory_kill(exc) is not None:
+                        raise engine_failure(desc, actors[slot], exc) from exc
+                    lost = [(k, s, e)] + [futures.pop(f)[:3] for f in pending if futures[f][3] == slot]
+                    pending = [f for f in pending if f in futures]
+                    stop_engines([actors[slot]])
+                    actors[slot] = start_engines(model, cfg, seed, log_dir, n, desc=desc, first=slot, count=1)[0]
+                    replaced += 1
+                    print(f"{desc}: engine {slot} was lost ({type(exc).__name__}); replaced, sampling its "
+                          f"{len(lost)} unfinished shard(s) again", flush=True)
+                    pending += [submit(*shard, slot) for shard in lost]
+                    continue
                 except ray.exceptions.RayError as exc:
-                    raise engine_failure(desc, actor, exc) from exc
+                    raise engine_failure(desc, actors[slot], exc) from exc
                 if shards is not None:
                     shards.save(k, s, e, results[s:e])
                 bar.advance(task, e - s)

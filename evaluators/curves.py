@@ -121,3 +121,95 @@ def write_curves(out_dir: Path, base_summary: pl.DataFrame, curves: dict[str, li
     if plot_png and table.height:
         plot(table, Path(out_dir) / "curves.png")
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Performance against budget
+# ---------------------------------------------------------------------------------------------
+#
+#    budget.csv   method, step, samples, flops, <in-distribution benchmark> (Average@k, %)
+#    budget.png   that Average@k against cumulative samples (left) and estimated FLOPs (right), every method
+#
+# The in-distribution benchmark is the first of evaluate.benchmarks. Points are the base model (0 samples,
+# 0 FLOPs), each kept checkpoint and the final model, mean over seeds. An offline method has spent its whole
+# sampling budget (the generation its data came from) before its first step: its curve starts with a jump
+# from 0 to those samples at the base model's score, then trains at constant samples; an online method's
+# samples grow with its steps. FLOPs at step s: the generation's 2N x generated tokens, plus the rest of
+# the ledger's FLOPs x s / steps (workbench/budget.py).
+
+
+def budget_points(method: str, steps: int, ledger: dict, offline: bool, base: float,
+                  points: list[tuple[int, float]]) -> list[dict]:
+    """One method's (one seed's) budget curve from its ledger row and its (step, Average@k) points."""
+    gen_flops = 2.0 * ledger["parameters"] * ledger["generated_tokens"] if offline else 0.0
+    rows = [{"method": method, "step": 0, "samples": 0, "flops": 0.0, "score": base}]
+    if offline:
+        rows.append({"method": method, "step": 0, "samples": ledger["samples"], "flops": gen_flops, "score": base})
+    for step, score in points:
+        f = step / max(1, steps)
+        rows.append({"method": method, "step": step,
+                     "samples": ledger["samples"] if offline else round(ledger["samples"] * f),
+                     "flops": gen_flops + (ledger["flops"] - gen_flops) * f, "score": score})
+    return rows
+
+
+def budget_table(rows: list[dict], benchmark: str) -> pl.DataFrame:
+    """budget.csv from every method's and seed's budget_points rows: per method and point (step; at step 0 the
+    offline methods' two points, before and after sampling), the mean over seeds."""
+    frame = pl.DataFrame(rows, schema={"method": pl.Utf8, "step": pl.Int64, "samples": pl.Float64,
+                                       "flops": pl.Float64, "score": pl.Float64})
+    out = frame.group_by(["method", "step", (pl.col("samples") > 0).alias("_spent")], maintain_order=True).agg(
+        pl.col("samples").mean().round().cast(pl.Int64), pl.col("flops").mean(),
+        (100 * pl.col("score").mean()).round(2).alias(benchmark))
+    return out.drop("_spent")
+
+
+def catch_up(table: pl.DataFrame, benchmark: str, online: list[str], offline: list[str]) -> list[str]:
+    """Where the curves cross, in words: for each online method and each offline one, the fewest samples (and
+    FLOPs) at which one of the online method's trained points (checkpoints and final model) reaches the offline
+    method's final score, or that none does within its budget."""
+    out = []
+    for on in online:
+        curve = table.filter((pl.col("method") == on) & (pl.col("step") > 0)).sort("samples")  # trained points
+        for off in offline:
+            target = table.filter(pl.col("method") == off)[benchmark][-1]
+            hit = curve.filter(pl.col(benchmark) >= target)
+            if hit.height:
+                r = hit.row(0, named=True)
+                out.append(f"{on} reaches {off}'s final {benchmark} ({target:.2f}) at {r['samples']:,} samples "
+                           f"({r['flops']:.3g} FLOPs, step {r['step']})")
+            else:
+                best = curve[benchmark].max()
+                out.append(f"{on} never reaches {off}'s final {benchmark} ({target:.2f}) within its budget "
+                           f"({curve['samples'].max():,} samples; its best point {best:.2f})")
+    return out
+
+
+def plot_budget(table: pl.DataFrame, benchmark: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for method in table["method"].unique(maintain_order=True):
+        rows = table.filter(pl.col("method") == method)
+        for ax, x in zip(axes, ("samples", "flops")):
+            ax.plot(rows[x].to_list(), rows[benchmark].to_list(), marker="o", markersize=3, label=method)
+    axes[0].set_xlabel("completions sampled (cumulative)")
+    axes[1].set_xlabel("estimated FLOPs (cumulative; 2N/forward, 6N/trained, 2N/generated token)")
+    axes[0].set_ylabel(f"Average@k on {benchmark} (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Performance against budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_budget(out_dir: Path, rows: list[dict], benchmark: str, plot_png: bool = True) -> pl.DataFrame:
+    """report/budget.csv (and .png) from budget_points rows of every method and seed."""
+    table = budget_table(rows, benchmark)
+    table.write_csv(Path(out_dir) / "budget.csv")
+    if plot_png and table.height:
+        plot_budget(table, benchmark, Path(out_dir) / "budget.png")
+    return table

@@ -1,22 +1,30 @@
 """The Table 2 report: one row per method (base, then every train entry), Average@k per benchmark.
 
 Inputs are, per method and seed, an eval folder (`summary.parquet`, fractions, and the per-sample
-`<benchmark>.parquet` files) and per-method costs; outputs:
+`<benchmark>.parquet` files), per-method budget ledgers and the tuning trials; outputs:
 
     table2.csv        method, <benchmark> ... (percent, mean over seeds), average     accuracies only
     table2_seeds.csv  method, seed, benchmark, avg_at_k, ci_low, ci_high (percent)     every seed's numbers
     significance.csv  method, reference, benchmark, difference, ci_low, ci_high, p_value, p_permutation,
-                      p_holm, significant, seeds, n_problems (differences in points of percent)
-    table2.md         the table with 95% intervals and significance marks, the costs, the paper's numbers
+                      p_holm, significant, seeds, n_problems, resamples (differences in points of percent)
+    spread.csv        method, benchmark, seeds, mean, seed_sd, seed_min, seed_max (percent; several seeds)
+    table2.md         the table with 95% intervals, significance marks and each method's budget (samples,
+                      FLOPs), whether the comparison set can reach alpha, the across-seed spread, the tuning
+                      trials, the budget ledger, the paper's numbers
     table2.png        grouped bars per benchmark, one bar per method, with the 95% interval as whiskers
-    costs.csv         method, samples_generated, train_tokens, steps, train_wall_s, generate_wall_s
+    costs.csv         method, steps, then the ledger columns of workbench/budget.py (samples,
+                      generated_tokens, trained_tokens, forwarded_tokens, parameters, flops, wall_s,
+                      gen_wall_s), mean over seeds
+    tuning.csv        every sweep trial (workbench/sweep.py tuning_table)
 
 `average` is the plain mean of the benchmark columns, as in the paper. With one seed a cell's interval is
-the evaluator's bootstrap over problems; with several it is the hierarchical bootstrap over seeds, then
-problems (evaluators/stats.py), so it includes the training-seed variance. Every method is compared with
-`report.reference` (default dft) on the same problems and seeds: the paired difference, its hierarchical
+the evaluator's bootstrap over problems; with several it is the crossed bootstrap over seeds and problems
+(evaluators/stats.py), so it includes the training-seed variance. Every method is compared with
+`report.reference` (default dft) on the same problems and seeds: the paired difference, its crossed
 interval and two-sided p-value; a cell is marked when the Holm-adjusted p-value over all the comparisons
-is below `report.alpha`.
+is below `report.alpha`. The number of resamples grows with the number of comparisons m so that the
+smallest attainable adjusted p, 2m / (B + 1), is at most alpha / 10 (`stats.resamples_for`); table2.md says
+so, or says plainly that the set cannot reach alpha.
 """
 
 from __future__ import annotations
@@ -27,10 +35,18 @@ import numpy as np
 import polars as pl
 
 from evaluators.paper import PAPER_BENCHMARKS, paper_row
-from evaluators.stats import holm, paired_bootstrap, paired_permutation_test, seed_mean_interval
+from evaluators.stats import (
+    holm,
+    paired_bootstrap,
+    paired_permutation_test,
+    resamples_for,
+    seed_mean_interval,
+    smallest_holm_p,
+)
 
-COST_SCHEMA = {"method": pl.Utf8, "samples_generated": pl.Int64, "train_tokens": pl.Int64, "steps": pl.Int64,
-               "train_wall_s": pl.Float64, "generate_wall_s": pl.Float64}
+COST_SCHEMA = {"method": pl.Utf8, "steps": pl.Int64, "samples": pl.Int64, "generated_tokens": pl.Int64,
+               "trained_tokens": pl.Int64, "forwarded_tokens": pl.Int64, "parameters": pl.Int64,
+               "flops": pl.Float64, "wall_s": pl.Float64, "gen_wall_s": pl.Float64}
 
 
 def build_table(summaries: dict[str, pl.DataFrame], benchmarks: list[str] | None = None) -> pl.DataFrame:
@@ -63,9 +79,10 @@ def _md(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[s
 
 
 def render_table(table: pl.DataFrame, cis: dict | None = None, k: int | None = None, marks: set | None = None,
-                 note: str | None = None) -> str:
+                 note: str | None = None, budgets: dict[str, dict] | None = None) -> str:
     """The accuracy table as markdown; with `cis`, each cell also shows its 95% interval; cells whose
-    (method, benchmark) is in `marks` get a `*`; `note` replaces the line under the table's title."""
+    (method, benchmark) is in `marks` get a `*`; `note` replaces the line under the table's title; `budgets`
+    ({method: ledger row}) adds each method's samples and FLOPs beside its scores."""
     benchmarks = [c for c in table.columns if c not in ("method", "average")]
     title = f"Average@{k} (%)" if k else "Average@k (%)"
     rows = []
@@ -77,16 +94,28 @@ def render_table(table: pl.DataFrame, cis: dict | None = None, k: int | None = N
                 low, high = cis[(r["method"], b)]
                 cell += f" [{low:.1f}, {high:.1f}]"
             cells.append(cell + (" *" if marks and (r["method"], b) in marks else ""))
-        rows.append(cells + [f"{r['average']:.2f}"])
+        cells.append(f"{r['average']:.2f}")
+        if budgets is not None:
+            led = budgets.get(r["method"])
+            cells += [f"{led['samples']:,}", f"{led['flops']:.3g}"] if led else ["-", "-"]
+        rows.append(cells)
     head = note or (f"**{title}**, 95% bootstrap interval over problems in brackets" if cis else f"**{title}**")
-    return "\n".join([head, ""] + _md(["method", *benchmarks, "average"], rows))
+    extra = ["samples", "FLOPs"] if budgets is not None else []
+    return "\n".join([head, ""] + _md(["method", *benchmarks, "average", *extra], rows))
 
 
-def render_costs(costs: pl.DataFrame) -> str:
-    rows = [[r["method"], str(r["samples_generated"]), str(r["train_tokens"]), str(r["steps"]),
-             f"{r['train_wall_s']:.1f}", f"{r['generate_wall_s']:.1f}"] for r in costs.iter_rows(named=True)]
-    return "\n".join(["**Costs**", ""] + _md(
-        ["method", "samples generated", "training tokens", "steps", "train wall (s)", "generate wall (s)"], rows))
+def render_costs(costs: pl.DataFrame, matched: str | None = None) -> str:
+    from workbench.budget import FLOPS_FORMULA
+
+    rows = [[r["method"], str(r["steps"]), f"{r['samples']:,}", f"{r['generated_tokens']:,}",
+             f"{r['trained_tokens']:,}", f"{r['forwarded_tokens']:,}", f"{r['flops']:.3g}", f"{r['wall_s']:.1f}",
+             f"{r['gen_wall_s']:.1f}"] for r in costs.iter_rows(named=True)]
+    head = (f"**Budget ledger** (mean over seeds; samples and generated tokens: completions sampled, the offline "
+            f"methods charged the generation their data came from; {FLOPS_FORMULA}; budget matched: "
+            f"{matched or 'none'})")
+    return "\n".join([head, ""] + _md(
+        ["method", "steps", "samples", "generated tokens", "trained tokens", "forwarded tokens", "FLOPs",
+         "train wall (s)", "generate wall (s)"], rows))
 
 
 def render_paper(table: pl.DataFrame, paper: str, algorithms: dict[str, str] | None = None) -> str:
@@ -164,28 +193,39 @@ def score_matrices(evals: dict[str, dict[int, Path]], benchmarks: list[str]) -> 
 SIGNIFICANCE_SCHEMA = {"method": pl.Utf8, "reference": pl.Utf8, "benchmark": pl.Utf8, "difference": pl.Float64,
                        "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64,
                        "p_permutation": pl.Float64, "p_holm": pl.Float64, "significant": pl.Boolean,
-                       "seeds": pl.Int64, "n_problems": pl.Int64}
+                       "seeds": pl.Int64, "n_problems": pl.Int64, "resamples": pl.Int64}
 
 
 def significance(matrices: dict, methods: list[str], benchmarks: list[str], reference: str, alpha: float = 0.05,
                  samples: int = 2000) -> pl.DataFrame:
-    """Every method against `reference` per benchmark (percent points; see the module docstring)."""
+    """Every method against `reference` per benchmark (percent points; see the module docstring). `samples` is
+    the least number of resamples: it grows with the number of comparisons (stats.resamples_for)."""
+    pairs = [(m, b) for m in methods if m != reference for b in benchmarks]
+    samples = resamples_for(len(pairs), alpha, samples)
     rows = []
-    for method in methods:
-        if method == reference:
-            continue
-        for b in benchmarks:
-            a, ref = matrices[(method, b)], matrices[(reference, b)]
-            boot = paired_bootstrap(a, ref, samples=samples)
-            rows.append({"method": method, "reference": reference, "benchmark": b,
-                         "difference": 100 * boot["difference"], "ci_low": 100 * boot["low"],
-                         "ci_high": 100 * boot["high"], "p_value": boot["p_value"],
-                         "p_permutation": paired_permutation_test(a, ref, samples=samples),
-                         "seeds": a.shape[0], "n_problems": a.shape[1]})
+    for method, b in pairs:
+        a, ref = matrices[(method, b)], matrices[(reference, b)]
+        boot = paired_bootstrap(a, ref, samples=samples)
+        rows.append({"method": method, "reference": reference, "benchmark": b,
+                     "difference": 100 * boot["difference"], "ci_low": 100 * boot["low"],
+                     "ci_high": 100 * boot["high"], "p_value": boot["p_value"],
+                     "p_permutation": paired_permutation_test(a, ref, samples=samples),
+                     "seeds": a.shape[0], "n_problems": a.shape[1], "resamples": samples})
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows])):
         row["p_holm"] = adjusted
         row["significant"] = adjusted < alpha
     return pl.DataFrame(rows, schema=SIGNIFICANCE_SCHEMA)
+
+
+def reach_statement(comparisons: int, samples: int, alpha: float) -> str:
+    """One plain sentence: whether this family of comparisons can reach `alpha` at all."""
+    floor = smallest_holm_p(comparisons, samples)
+    if floor < alpha:
+        return (f"{comparisons} comparisons, {samples:,} bootstrap resamples: the smallest attainable Holm-adjusted "
+                f"p is 2 x {comparisons} / ({samples:,} + 1) = {floor:.4g}, below alpha = {alpha}.")
+    return (f"**This comparison set cannot reach alpha = {alpha}**: with {comparisons} comparisons and {samples:,} "
+            f"resamples the smallest attainable Holm-adjusted p is {floor:.4g}, so no difference here can be called "
+            f"significant, whatever the data.")
 
 
 def render_significance(sig: pl.DataFrame, alpha: float) -> str:
@@ -194,18 +234,65 @@ def render_significance(sig: pl.DataFrame, alpha: float) -> str:
             for r in sig.iter_rows(named=True)]
     ref = sig["reference"][0]
     head = (f"**Each method minus {ref}** (points of Average@k; paired over the same problems and seeds; "
-            f"hierarchical bootstrap interval and two-sided p-value; significant: Holm-adjusted "
-            f"p < {alpha} over these {sig.height} comparisons)")
+            f"crossed bootstrap interval and two-sided p-value; significant: Holm-adjusted "
+            f"p < {alpha} over these {sig.height} comparisons). " + reach_statement(sig.height, int(sig["resamples"][0]),
+                                                                                  alpha))
     return "\n".join([head, ""] + _md(
         ["method", "benchmark", "difference", "95% interval", "p", "p (Holm)", "significant"], rows, right_from=2))
 
 
-def render_tuning(tuning: pl.DataFrame) -> str:
-    rows = [[r["method"], str(r["trials"]), r["chosen"] if r["chosen"] != "{}" else "(recipe values)",
-             "-" if r["validation_avg_at_k"] is None else f"{r['validation_avg_at_k']:.2f}"]
+def spread_table(matrices: dict, methods: list[str], benchmarks: list[str]) -> pl.DataFrame:
+    """Per method and benchmark: the across-seed mean, standard deviation (ddof 1) and range of the per-seed
+    Average@k (percent)."""
+    rows = []
+    for m in methods:
+        for b in benchmarks:
+            per_seed = 100 * matrices[(m, b)].mean(axis=1)
+            rows.append({"method": m, "benchmark": b, "seeds": len(per_seed), "mean": float(per_seed.mean()),
+                         "seed_sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
+                         "seed_min": float(per_seed.min()), "seed_max": float(per_seed.max())})
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "benchmark": pl.Utf8, "seeds": pl.Int64,
+                                      "mean": pl.Float64, "seed_sd": pl.Float64, "seed_min": pl.Float64,
+                                      "seed_max": pl.Float64})
+
+
+def render_spread(spread: pl.DataFrame) -> str:
+    benchmarks = spread["benchmark"].unique(maintain_order=True).to_list()
+    rows = []
+    for m in spread["method"].unique(maintain_order=True).to_list():
+        cells = [m]
+        for b in benchmarks:
+            r = spread.filter((pl.col("method") == m) & (pl.col("benchmark") == b)).row(0, named=True)
+            cells.append(f"{r['seed_sd']:.2f} ({r['seed_min']:.1f}-{r['seed_max']:.1f})")
+        rows.append(cells)
+    n = int(spread["seeds"].max())
+    head = (f"**Across-seed spread** (standard deviation of the {n} per-seed Average@k, in points, and their range; "
+            f"with {n} seeds the standard deviation itself is uncertain by about +-{100 / (2 * (n - 1)) ** 0.5:.0f}%)")
+    return "\n".join([head, ""] + _md(["method", *benchmarks], rows))
+
+
+def render_tuning(tuning: pl.DataFrame, summary: list[dict] | None = None) -> str:
+    """Every trial (values, validation score +- standard error, extension, chosen), then per method the flags:
+    a choice still at an edge of what was searched, a trial count that differs from the others'."""
+    rows = [[r["method"], str(r["trial"]), r["values"], f"{r['validation_avg_at_k']:.2f} +- {r['validation_se']:.2f}",
+             "yes" if r["extension"] else "", "**chosen**" if r["chosen"] else ""]
             for r in tuning.iter_rows(named=True)]
-    head = "**Tuning** (trials per method on the validation split; the chosen values trained every seed)"
-    return "\n".join([head, ""] + _md(["method", "trials", "chosen values", "validation Average@k"], rows))
+    head = ("**Tuning** (every trial on the validation split, Average@k +- standard error over its problems; chosen: "
+            "the smallest learning rate within one standard error of the best; extension: a trial added because "
+            "the choice sat at an edge of the range; the chosen values trained every seed)")
+    parts = ["\n".join([head, ""] + _md(["method", "trial", "values", "validation", "extension", ""], rows,
+                                         right_from=3))]
+    flags = []
+    for r in summary or []:
+        if r["at_edge"]:
+            flags.append(f"- {r['method']}: the chosen {r['chosen']} is still at the {r['at_edge']} edge of what was "
+                         f"searched after {r['extensions']} extension(s): its optimum is not bracketed.")
+        if r["trials_differ"]:
+            flags.append(f"- {r['method']}: {r['trials']} trials, a different count from the other methods'.")
+    if summary:
+        parts.append("\n".join(flags) if flags else "Every method's choice is interior to its searched range, and "
+                     "every method had the same number of trials.")
+    return "\n\n".join(parts)
 
 
 def _seed_rows(summaries: dict[str, dict[int, pl.DataFrame]]) -> pl.DataFrame:
@@ -219,8 +306,10 @@ def _seed_rows(summaries: dict[str, dict[int, pl.DataFrame]]) -> pl.DataFrame:
 def write_report(out: Path, evals: dict[str, dict[int, Path]], costs: pl.DataFrame | None = None,
                  benchmarks: list[str] | None = None, paper: str | None = None, plot: bool = True,
                  algorithms: dict[str, str] | None = None, reference: str | None = "dft", alpha: float = 0.05,
-                 tuning: pl.DataFrame | None = None, bootstrap_samples: int = 2000) -> pl.DataFrame:
-    """Write the report files (module docstring) into `out` from `evals` = {method: {seed: eval folder}}."""
+                 tuning: pl.DataFrame | None = None, bootstrap_samples: int = 2000,
+                 tuning_summary: list[dict] | None = None, matched: str | None = None) -> pl.DataFrame:
+    """Write the report files (module docstring) into `out` from `evals` = {method: {seed: eval folder}};
+    `costs`: one ledger row per trained method (COST_SCHEMA); `matched`: the budget unit matched."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {m: {seed: pl.read_parquet(Path(f) / "summary.parquet") for seed, f in by_seed.items()}
@@ -241,7 +330,7 @@ def write_report(out: Path, evals: dict[str, dict[int, Path]], costs: pl.DataFra
         for (m, b), scores in matrices.items():
             ci = seed_mean_interval(scores, samples=bootstrap_samples)
             cis[(m, b)] = (100 * ci["low"], 100 * ci["high"])
-        note = f"mean over {n_seeds} seeds; 95% hierarchical bootstrap interval (seeds, then problems) in brackets"
+        note = f"mean over {n_seeds} seeds; 95% crossed bootstrap interval (seeds and problems) in brackets"
     ks = {int(k) for by_seed in summaries.values() for s in by_seed.values() for k in s["k"].to_list()}
     k = ks.pop() if len(ks) == 1 else None
     table.write_csv(out / "table2.csv")
@@ -255,15 +344,24 @@ def write_report(out: Path, evals: dict[str, dict[int, Path]], costs: pl.DataFra
         extra_parts.append(render_significance(sig, alpha))
     elif reference:
         extra_parts.append(f"No row named {reference!r}: no significance tests (set report.reference to a row).")
+    if n_seeds > 1:
+        spread = spread_table(matrices, list(evals), benchmarks)
+        spread.write_csv(out / "spread.csv")
+        extra_parts.append(render_spread(spread))
     title = f"**Average@{k} (%)**" if k else "**Average@k (%)**"
-    parts = [render_table(table, cis, k, marks, f"{title}, {note}" if note else None), *extra_parts]
-    if tuning is not None:
-        tuning.write_csv(out / "tuning.csv")
-        parts.append(render_tuning(tuning))
+    budgets = None
     if costs is not None:
         costs = pl.DataFrame(costs, schema=COST_SCHEMA)
+        budgets = {r["method"]: r for r in costs.iter_rows(named=True)}
+        note = (note or "95% bootstrap interval over problems in brackets") + \
+            f"; samples and FLOPs: each method's budget (ledger below; budget matched: {matched or 'none'})"
+    parts = [render_table(table, cis, k, marks, f"{title}, {note}" if note else None, budgets), *extra_parts]
+    if tuning is not None:
+        tuning.write_csv(out / "tuning.csv")
+        parts.append(render_tuning(tuning, tuning_summary))
+    if costs is not None:
         costs.write_csv(out / "costs.csv")
-        parts.append(render_costs(costs))
+        parts.append(render_costs(costs, matched))
     if paper:
         parts.append(render_paper(table, paper, algorithms))
     (out / "table2.md").write_text("\n\n".join(parts) + "\n")

@@ -3,7 +3,8 @@
 - `evaluate_stage`: one model (the base model, or one train entry's checkpoint) on the recipe's
   benchmarks with the recipe's `evaluate` settings and its one prompt template.
 - `report_stage`: gathers every eval summary into Table 2 (rows: base, then the train entries in recipe
-  order) and the cost of each method, from the train and generate manifests.
+  order), each method's budget ledger (workbench/budget.py, from the train and generate manifests), the
+  tuning trials, the learning curves and the performance-against-budget figure (evaluators/curves.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from evaluators.evaluate import benchmark_refs, evaluate_model
+from evaluators.page import write_page
 from evaluators.report import render_table, write_report
 from workbench.rundir import read_manifest
 from workbench.stage import StageContext
@@ -67,45 +69,38 @@ def _manifest(folder: Path | None) -> dict:
     return manifest
 
 
-def method_costs(inputs: dict[str, Path], methods: list[str] | dict[str, list[str]]) -> pl.DataFrame:
-    """Per trained method: samples generated for its data, training tokens and steps, wall times.
+def stage_ledger(folder: Path, generate: dict | None, parameters: int | None) -> tuple[dict, dict]:
+    """(ledger row, counts) of one finished train stage (workbench/budget.py read_ledger)."""
+    from workbench.budget import read_ledger
 
-    Methods trained on positives or pairs are charged the generate stage's samples and wall time (they
-    all share one offline data set); methods on prompts (PPO, GRPO) or demonstrations are not, and an
-    online trainer's own rollouts count when its manifest reports `samples_generated`. `methods` maps
-    each method to its train stages (one per seed); a run's numbers are the mean over them.
-    """
-    gen = _manifest(inputs.get("generate"))
-    gen_samples = int(gen.get("counts", {}).get("samples", 0))
-    gen_wall = float(gen.get("wall_time_s", 0.0))
+    return read_ledger(folder, generate, parameters or 0), _manifest(folder).get("counts", {})
+
+
+def method_costs(inputs: dict[str, Path], methods: list[str] | dict[str, list[str]],
+                 parameters: int | None = None) -> pl.DataFrame:
+    """Per trained method: its steps and budget ledger (workbench/budget.py), the mean over its train stages
+    (one per seed). Methods on positives or pairs are charged the generate stage's samples, tokens and wall
+    time (they all share one offline data set); methods on prompts (PPO, GRPO) their own rollouts."""
+    from workbench.budget import LEDGER_COLUMNS, mean_rows
+
+    gen = _manifest(inputs.get("generate")) or None
     if not isinstance(methods, dict):
         methods = {m: [f"train/{m}"] for m in methods}
     rows = []
     for method, stages in methods.items():
-        per_seed = []
-        for stage in stages:
-            manifest = _manifest(inputs[stage])
-            counts = manifest.get("counts", {})
-            offline = counts.get("data") in ("positives", "pairs")
-            per_seed.append({
-                "samples_generated": (gen_samples if offline else 0) + int(counts.get("samples_generated", 0)),
-                "train_tokens": int(counts.get("train_tokens", 0)),
-                "steps": int(counts.get("steps", 0)),
-                # the task's own training time; the manifest's wall time also counts waiting in Ray's queue
-                "train_wall_s": float(counts.get("train_time_s", manifest.get("wall_time_s", 0.0))),
-                "generate_wall_s": gen_wall if offline else 0.0,
-            })
-        mean = {k: sum(r[k] for r in per_seed) / len(per_seed) for k in per_seed[0]}
-        rows.append({"method": method, **{k: round(v) if k in ("samples_generated", "train_tokens", "steps")
-                                          else v for k, v in mean.items()}})
-    return pl.DataFrame(rows, schema={"method": pl.Utf8, "samples_generated": pl.Int64, "train_tokens": pl.Int64,
-                                      "steps": pl.Int64, "train_wall_s": pl.Float64, "generate_wall_s": pl.Float64})
+        per_seed = [stage_ledger(inputs[stage], gen, parameters) for stage in stages]
+        steps = round(sum(int(c.get("steps", 0)) for _, c in per_seed) / len(per_seed))
+        rows.append({"method": method, "steps": steps, **mean_rows([led for led, _ in per_seed])})
+    from evaluators.report import COST_SCHEMA
+
+    return pl.DataFrame(rows, schema=COST_SCHEMA).select(["method", "steps", *LEDGER_COLUMNS])
 
 
 def report_stage(ctx: StageContext) -> dict:
     """Write the report (evaluators/report.py) from the eval folders of every method and seed, and the
     train manifests (costs) and tune stages (trials and chosen values)."""
-    from workbench.sweep import tuning_table
+    from workbench.budget import count_parameters
+    from workbench.sweep import tuning_summary, tuning_table
 
     recipe = ctx.recipe
     methods = [entry.name for entry in recipe.train]
@@ -121,13 +116,19 @@ def report_stage(ctx: StageContext) -> dict:
                 raise FileNotFoundError(f"report: no eval summary for {name!r} (expected {stage}/summary.parquet)")
             evals[name][seed] = Path(folder)
     benchmarks = [ref.name for ref in benchmark_refs(recipe.evaluate.benchmarks)]
-    costs = method_costs(ctx.inputs, {m: [t for t, _ in runs[m].values()] for m in methods})
+    parameters = count_parameters(ctx.base_model) if ctx.base_model else None
+    costs = method_costs(ctx.inputs, {m: [t for t, _ in runs[m].values()] for m in methods}, parameters)
     algorithms = {entry.name: entry.algorithm for entry in recipe.train}
-    tuning = tuning_table(recipe, ctx.inputs) if any(e.sweep for e in recipe.train) else None
+    swept = any(e.sweep for e in recipe.train)
+    tuning = tuning_table(recipe, ctx.inputs) if swept else None
     cfg = recipe.report
     table = write_report(ctx.out, evals, costs, benchmarks, cfg.paper, cfg.plot, algorithms, cfg.reference,
-                         cfg.alpha, tuning, recipe.evaluate.bootstrap_samples)
+                         cfg.alpha, tuning, recipe.evaluate.bootstrap_samples,
+                         tuning_summary(recipe, ctx.inputs) if swept else None, recipe.budget.match)
     figures(ctx, evals, runs, benchmarks)
+    if methods:
+        budget_figure(ctx, evals, runs, benchmarks[0], parameters)
+    write_page(ctx.out.parent, ctx.out, recipe.model_dump(mode="json"))  # report/index.html, last: it shows all
     return {"rows": table.height, "benchmarks": len(benchmarks), "seeds": len(recipe.run.seed_list),
             **{f"average/{r['method']}": r["average"] for r in table.iter_rows(named=True)}}
 
@@ -158,3 +159,41 @@ def figures(ctx: StageContext, evals: dict[str, dict], runs: dict, benchmarks: l
         max_length = max([getattr(e.config, "max_length", 2048) for e in ctx.recipe.train] or [2048])
         write_token_probs(ctx.out, models, pl.read_parquet(data_path), ctx.recipe.template, cfg.token_probs_rows,
                           cfg.token_probs_data, max_length=max_length, plot_png=cfg.plot)
+
+
+def budget_figure(ctx: StageContext, evals: dict[str, dict], runs: dict, benchmark: str,
+                  parameters: int | None) -> None:
+    """report/budget.csv and budget.png (evaluators/curves.py): Average@k on the in-distribution benchmark (the
+    first of evaluate.benchmarks) against cumulative samples and FLOPs, every method and seed, from its ledger
+    and its learning-curve checkpoints (or its final model only); the crossings go to budget.md."""
+    from evaluators.curves import budget_points, catch_up, write_budget
+
+    gen = _manifest(ctx.inputs.get("generate")) or None
+    rows, offline, online = [], [], []
+    for method, by_seed in runs.items():
+        if method == "base":
+            continue
+        for seed, (train, _) in by_seed.items():
+            ledger, counts = stage_ledger(ctx.inputs[train], gen, parameters)
+            base = _score(evals["base"][seed], benchmark)
+            folder = evals[method][seed]
+            if (folder / "curve.parquet").is_file():
+                curve = pl.read_parquet(folder / "curve.parquet").filter(pl.col("benchmark") == benchmark)
+                points = sorted(zip(curve["step"].to_list(), curve["avg_at_k"].to_list()))
+            else:
+                points = [(int(counts.get("steps", 0)), _score(folder, benchmark))]
+            is_offline = counts.get("data") in ("positives", "pairs")
+            rows += budget_points(method, int(counts.get("steps", 0)), ledger, is_offline, base, points)
+        (offline if is_offline else online if counts.get("data") == "prompts" else []).append(method)
+    table = write_budget(ctx.out, rows, benchmark, ctx.recipe.report.plot)
+    lines = catch_up(table, benchmark, online, offline)
+    (ctx.out / "budget.md").write_text(
+        f"**Where the budget curves cross** ({benchmark}, mean over seeds; budget matched: "
+        f"{ctx.recipe.budget.match})\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+
+
+def _score(folder: Path, benchmark: str) -> float:
+    summary = pl.read_parquet(Path(folder) / "summary.parquet").filter(pl.col("benchmark") == benchmark)
+    if summary.height == 0:
+        raise ValueError(f"report: {folder}/summary.parquet has no row for {benchmark}")
+    return float(summary["avg_at_k"][0])

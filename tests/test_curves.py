@@ -95,3 +95,27 @@ def test_one_engine_reloads_each_checkpoint(ray_local, tmp_path, monkeypatch):
     first_run = pl.read_parquet(tmp_path / "ckpts" / "step-1" / "toy-id.parquet")["response"].to_list()
     assert first_run != reused
     assert curve["avg_at_k"][1] == fresh["avg_at_k"][0]
+
+
+def test_budget_points_table_and_crossings():
+    """Offline methods jump to their generation's samples at the base score, online ones grow with steps; the
+    table averages seeds; catch_up names where an online curve reaches an offline method's final score."""
+    from evaluators.curves import budget_points, budget_table, catch_up
+
+    off = {"samples": 6000, "generated_tokens": 100, "parameters": 10, "flops": 10 * (2 * 100 + 6 * 1000)}
+    on = {"samples": 6000, "generated_tokens": 100, "parameters": 10, "flops": 1e6}
+    rows = budget_points("dft", 10, off, True, 0.25, [(5, 0.35), (10, 0.40)])
+    assert [(r["step"], r["samples"]) for r in rows] == [(0, 0), (0, 6000), (5, 6000), (10, 6000)]
+    assert rows[1]["flops"] == 2000 and rows[2]["flops"] == pytest.approx(2000 + 60000 / 2)
+    rows += budget_points("ppo", 10, on, False, 0.25, [(5, 0.30), (10, 0.45)])
+    rows += budget_points("ppo", 10, on, False, 0.25, [(5, 0.36), (10, 0.45)])  # a second seed
+    table = budget_table(rows, "toy-id")
+    ppo = table.filter(pl.col("method") == "ppo")
+    assert ppo["samples"].to_list() == [0, 3000, 6000] and ppo["toy-id"].to_list() == [25.0, 33.0, 45.0]
+    assert ppo["flops"].to_list() == pytest.approx([0, 5e5, 1e6])
+    assert table.filter(pl.col("method") == "dft")["samples"].to_list() == [0, 6000, 6000, 6000]
+    lines = catch_up(table, "toy-id", ["ppo"], ["dft"])
+    assert lines == ["ppo reaches dft's final toy-id (40.00) at 6,000 samples (1e+06 FLOPs, step 10)"]
+    low = budget_table(budget_points("grpo", 4, on, False, 0.25, [(4, 0.3)]) + rows, "toy-id")
+    assert "grpo never reaches dft's final toy-id (40.00) within its budget" in catch_up(low, "toy-id", ["grpo"],
+                                                                                        ["dft"])[0]

@@ -143,6 +143,20 @@ def test_batch_sizes_count_completions_as_verl_example(tmp_path):
         GRPOConfig(batch_size=1280, num_generations=5, rollout_batch_size=100)
 
 
+def test_loss_and_corrections_follow_verl(tmp_path):
+    """verl's loss_agg_mode token-mean is TRL's dapo; verl has neither of TRL 1.16's vLLM importance-sampling
+    correction nor its importance-weighted KL, both on by default in TRL (issue 21)."""
+    from workbench.trainers.grpo import trl_args
+
+    cfg = GRPOConfig(batch_size=8, num_generations=4, per_device_batch_size=8)
+    assert cfg.loss_type == "dapo"
+    args = trl_args(_toy_job(tmp_path), cfg, [0])
+    assert args.loss_type == "dapo"
+    assert args.vllm_importance_sampling_correction is False and args.use_bias_correction_kl is False
+    on = trl_args(_toy_job(tmp_path), cfg.model_copy(update={"use_bias_correction_kl": True}), [0])
+    assert on.use_bias_correction_kl is True
+
+
 def test_max_length_leaves_out_long_prompts():
     """max_length caps prompt + response: prompts over max_length - max_completion_length tokens are left out
     and counted (verl's filter_overlong_prompts); no room for a prompt is a config error."""

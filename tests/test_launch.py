@@ -229,3 +229,19 @@ def test_one_process_never_drives_several_gpus(monkeypatch):
         _single(lambda: "trained", ())
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert _single(lambda: "trained", ()) == "trained"
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "grpo"])
+@pytest.mark.parametrize("killed_after", [1, 3])  # before, and after, the step-2 checkpoint
+def test_a_restart_logs_each_step_once(algorithm, killed_after, base, tmp_path, monkeypatch):
+    """A transformers trainer killed before its first checkpoint trains again from zero, and one killed after it
+    resumes from it: either way metrics.jsonl then holds every step once (the killed attempt's rows are cut)."""
+    cfg = {**(DPO if algorithm == "dpo" else GRPO), "max_steps": 4}
+    with monkeypatch.context() as m:
+        die_after_logging(m, killed_after)
+        with pytest.raises(Killed):
+            train(algorithm, base, tmp_path, cfg, save_steps=2)
+    assert [r["step"] for r in rows(tmp_path)] == list(range(1, killed_after + 1))
+    result = train(algorithm, base, tmp_path, cfg, save_steps=2)
+    assert [r["step"] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    assert result["resumed_from_step"] == (0 if killed_after == 1 else 2)

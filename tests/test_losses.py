@@ -113,6 +113,28 @@ def test_kl_anchor_is_zero_at_the_base_model_and_positive_away_from_it():
         token_loss(logits, labels, kind="dft", kl_weight=0.5)
 
 
+def test_asft_is_the_authors_forward_kl_added_to_each_token():
+    """zhuchichi56/ASFT train_v2.py, mode asft: (dft_loss_t + 0.1 * F.kl_div(log_softmax(model), softmax(ref))
+    summed over the vocabulary), averaged over the response tokens: KL(base || model). `kl_direction: reverse`
+    keeps KL(model || base) (issue 21)."""
+    logits, labels = _batch(7)
+    ref = logits.flip(-1) * 0.5
+    lab = labels[:, 1:]
+    mask = lab != IGNORE_INDEX
+    shift, shift_ref = logits[:, :-1], ref[:, :-1]
+    ce = F.cross_entropy(shift.reshape(-1, 11), lab.reshape(-1), ignore_index=IGNORE_INDEX,
+                         reduction="none").view(lab.shape)
+    p = torch.softmax(shift, -1).gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    forward = F.kl_div(F.log_softmax(shift, -1), F.softmax(shift_ref, -1), reduction="none").sum(-1)
+    authors = (ce * p + 0.1 * forward)[mask].sum() / mask.sum()
+    ours, stats = token_loss(logits, labels, kind="dft", kl_weight=0.1, ref_logits=ref)
+    assert torch.allclose(ours, authors) and stats["kl"] == pytest.approx(float(forward[mask].sum()))
+    reverse = F.kl_div(F.log_softmax(shift_ref, -1), F.softmax(shift, -1), reduction="none").sum(-1)
+    theirs_reversed = (ce * p + 0.1 * reverse)[mask].sum() / mask.sum()
+    ours_reversed, _ = token_loss(logits, labels, kind="dft", kl_weight=0.1, kl_direction="reverse", ref_logits=ref)
+    assert torch.allclose(ours_reversed, theirs_reversed) and not torch.allclose(ours_reversed, ours)
+
+
 def test_bad_options_are_rejected():
     logits, labels = _batch()
     with pytest.raises(ValueError, match="kind"):

@@ -58,9 +58,37 @@ def test_clipped_value_loss_hand_computed():
 def test_config_defaults_follow_verl():
     cfg = PPOConfig()
     assert (cfg.learning_rate, cfg.critic_learning_rate, cfg.weight_decay) == (1e-6, 1e-5, 0.01)
-    assert cfg.kl_coef == 0.001
-    assert (cfg.gamma, cfg.lam, cfg.clip_ratio, cfg.value_clip) == (1.0, 1.0, 0.2, 0.5)
+    assert cfg.kl_coef == 0.0  # verl's PPO: use_kl_loss false, use_kl_in_reward False (issue 21)
+    assert (cfg.gamma, cfg.lam, cfg.clip_ratio, cfg.value_clip, cfg.dual_clip_ratio) == (1.0, 1.0, 0.2, 0.5, 3.0)
+    assert (cfg.max_length, cfg.max_completion_length) == (2048, 1024)
     assert not cfg.kl_in_reward and cfg.gradient_checkpointing
+    with pytest.raises(ValueError, match="max_completion_length=64 leaves no room"):
+        PPOConfig(max_length=64, max_completion_length=64)
+
+
+def test_dual_clip_caps_negative_advantage_tokens_as_verl():
+    """verl compute_policy_loss: where A < 0 the loss is min(max(-A r, -A clip(r)), -A * 3)."""
+    ratio = torch.tensor([[5.0, 5.0, 2.0, 0.5]])
+    adv = torch.tensor([[-1.0, 1.0, -2.0, -1.0]])
+    mask = torch.ones(1, 4)
+    loss, _ = policy_loss(ratio.log(), torch.zeros_like(ratio), adv, mask, clip=0.2)
+    # per token: min(5, 3) = 3 (dual-clipped); max(-5, -1.2) = -1.2; min(max(4, 2.4), 6) = 4; max(0.5, 0.8) = 0.8
+    assert loss.item() == pytest.approx((3.0 - 1.2 + 4.0 + 0.8) / 4, abs=1e-6)
+    logp = ratio.log().requires_grad_(True)
+    policy_loss(logp, torch.zeros_like(ratio), adv, mask, clip=0.2)[0].backward()
+    # only token 2 (unclipped, -A r = 4) carries gradient: d/dlogp (-A r) = -A r = 4
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, 0.0, 4.0, 0.0]]) / 4, atol=1e-6)
+    loss_c, _ = policy_loss(ratio.log(), torch.zeros_like(ratio), adv, mask, clip=0.2, clip_c=10.0)
+    assert loss_c.item() == pytest.approx((5.0 - 1.2 + 4.0 + 0.8) / 4, abs=1e-6)
+
+
+def test_log_ratio_is_clamped_so_a_runaway_token_keeps_gradients_finite():
+    """A log-ratio of 100 would make exp() overflow to inf and the backward inf * 0 = NaN; verl clamps to +-20."""
+    logp = torch.tensor([[100.0, -100.0, 0.1]], requires_grad=True)
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    loss, _ = policy_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip=0.2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
 
 
 def test_kl_estimates_hand_computed():
@@ -202,6 +230,31 @@ def test_bf16_updates_at_lr_1e_6_change_the_weights(tmp_path):
     after = load_file(job.model_dir / "model.safetensors")[name]
     assert after.dtype == torch.float32
     assert (after != before).float().mean() > 0.5
+
+
+def test_reference_runs_in_the_actors_dtype_so_the_kl_starts_at_zero(tmp_path):
+    """The reference is the actor's float32 copy: before any update their log-probabilities are equal, so the
+    first iteration's KL is exactly 0 (a bf16 reference made it start above 0, issue 21). A prompt longer than
+    max_length - max_completion_length is left out and counted, as GRPO does."""
+    import polars as pl
+
+    from workbench.trainers.ppo_models import build_models
+
+    job = _toy_job(tmp_path, n_prompts=8)
+    long = job.data.head(1).with_columns(pl.lit("long").alias("prompt_id"), pl.lit("+".join(["1"] * 200)).alias("problem"))
+    job.data = pl.concat([job.data, long])
+    cfg = PPOConfig(learning_rate=1e-4, kl_coef=0.05, rollout_batch_size=8, samples_per_prompt=2, batch_size=16,
+                    per_device_batch_size=8, max_steps=1, max_completion_length=24, max_length=160,
+                    rollout_engine="hf")
+    result = PPOTrainerPlugin().train(job, cfg)
+    row = json.loads(job.metrics_path.read_text().splitlines()[0])
+    assert row["kl"] == 0.0 and row["kl_loss"] == 0.0
+    assert result.extra["prompts_too_long"] == 1
+    actor, _critic, ref = build_models(job.base_model, with_ref=True, gradient_checkpointing=False, device="cpu",
+                                       world=1)
+    assert ref.dtype == actor.dtype == torch.float32
+    with pytest.raises(ValueError, match="ppo: every prompt is longer than max_length - max_completion_length = 8"):
+        PPOTrainerPlugin().train(job, cfg.model_copy(update={"max_length": 32}))
 
 
 PPO_LR = 3e-4
@@ -370,5 +423,8 @@ def test_entries_workers_cannot_share_are_refused_when_the_recipe_loads():
         load(num_workers=2, rollout_batch_size=9)
     with pytest.raises(RecipeError, match=r"train\[0\].num_workers: ppo: batch_size=3 sequences"):
         load(num_workers=2, rollout_batch_size=8, batch_size=3)
+    with pytest.raises(RecipeError, match=r"train\[0\].batch_size: ppo: batch_size=12 is not a multiple of "
+                       r"per_device_batch_size x num_workers = 4 x 2"):
+        load(num_workers=2, rollout_batch_size=16, batch_size=12, per_device_batch_size=4)
     with pytest.raises(ValueError, match="ppo: rollout_batch_size: 1 prompts cannot be shared by num_workers=2"):
         ppo.plan(PPOConfig(rollout_batch_size=8), 1, 2)

@@ -48,9 +48,14 @@ def ctx(tmp_path):
         "report": {"paper": "table2"},
     })
     inputs = {"generate": _write(tmp_path / "generate", {"counts": {"samples": 800}, "wall_time_s": 12.5})}
-    for name, data, tokens in [("dft", "positives", 5000), ("dpo", "pairs", 7000)]:
-        inputs[f"train/{name}"] = _write(tmp_path / "train" / name, {
-            "counts": {"data": data, "train_tokens": tokens, "steps": 10}, "wall_time_s": 30.0})
+    ledger = {"samples": 800, "generated_tokens": 4000, "trained_tokens": 5000, "forwarded_tokens": 0,
+              "parameters": 1000, "flops": 1000 * (2 * 4000 + 6 * 5000), "wall_s": 30.0, "gen_wall_s": 12.5}
+    inputs["train/dft"] = _write(tmp_path / "train" / "dft", {  # a manifest with its ledger (workbench/budget.py)
+        "counts": {"data": "positives", "train_tokens": 5000, "steps": 10, "train_time_s": 30.0, "ledger": ledger},
+        "wall_time_s": 31.0})
+    inputs["train/dpo"] = _write(tmp_path / "train" / "dpo", {  # an older manifest: the ledger is computed
+        "counts": {"data": "pairs", "algorithm": "dpo", "train_tokens": 7000, "steps": 10, "train_time_s": 20.0},
+        "wall_time_s": 30.0})
     for name, accs in ACC.items():
         inputs[f"eval/{name}"] = _write(tmp_path / "eval" / name, {"counts": {}}, _summary(name, accs))
     return StageContext(recipe, tmp_path / "report", inputs)
@@ -68,13 +73,21 @@ def test_report_stage_writes_table_costs_and_plot(ctx):
     assert counts["rows"] == 3 and counts["average/dft"] == 30.0
 
     costs = pl.read_csv(out / "costs.csv")
-    assert costs.to_dicts()[0] == {"method": "dft", "samples_generated": 800, "train_tokens": 5000, "steps": 10,
-                                   "train_wall_s": 30.0, "generate_wall_s": 12.5}
+    assert costs.to_dicts()[0] == {"method": "dft", "steps": 10, **{k: v for k, v in ledger_of(ctx, "dft").items()}}
+    dpo = costs.to_dicts()[1]  # charged the generation; its reference forwards every trained token
+    assert dpo["samples"] == 800 and dpo["trained_tokens"] == 7000 and dpo["forwarded_tokens"] == 7000
+    assert dpo["wall_s"] == 20.0 and dpo["gen_wall_s"] == 12.5
     assert costs["method"].to_list() == ["dft", "dpo"]
+    budget = pl.read_csv(out / "budget.csv")  # base at 0 samples, base at 800 (data generated), final
+    assert budget.filter(method="dft")["samples"].to_list() == [0, 800, 800]
+    assert budget.filter(method="dft")["toy-id"].to_list() == [25.0, 25.0, 50.0]
+    assert (out / "budget.png").is_file() and "budget matched: none" in (out / "budget.md").read_text()
 
     md = (out / "table2.md").read_text()
-    assert "| dft | 50.00 [45.0, 55.0] | 10.00 [5.0, 15.0] | 30.00 |" in md
-    assert "Average@4" in md and "**Costs**" in md
+    assert "Average@4" in md and "**Budget ledger**" in md and "FLOPs = 2N x generated" in md
+    assert "| dft | 50.00 [45.0, 55.0] | 10.00 [5.0, 15.0] | 30.00 | 800 | 3.8e+07 |" in md
+    assert "4 comparisons, 1,599 bootstrap resamples: the smallest attainable Holm-adjusted p is 2 x 4 / (1,599 + 1) = 0.005" in md
+    assert "| base | 25.00 [20.0, 30.0] * | 5.00 [0.0, 10.0] * | 15.00 | - | - |" in md
     assert "Ours vs the paper's Table 2" in md  # no paper benchmark here, so only the averages compare
     assert f"30.00 / {TABLE2['dft']['average']:.2f} ({30.0 - TABLE2['dft']['average']:+.2f})" in md
     sig = pl.read_csv(out / "significance.csv")
@@ -82,10 +95,14 @@ def test_report_stage_writes_table_costs_and_plot(ctx):
     assert sig.filter(method="base", benchmark="toy-id")["difference"][0] == pytest.approx(-25.0)
     assert sig.filter(method="dpo", benchmark="toy-long")["difference"][0] == pytest.approx(-10.0)
     assert sig["significant"].all() and (sig["p_value"] < 0.05).all()
-    assert "| base | 25.00 [20.0, 30.0] * |" in md and "Each method minus dft" in md
+    assert "| base | 25.00 [20.0, 30.0] * |" in md and "| base |" in md and "Each method minus dft" in md
     assert pl.read_csv(out / "table2_seeds.csv").height == 6  # 3 methods x 2 benchmarks x 1 seed
     png = (out / "table2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def ledger_of(ctx, name):
+    return json.loads((ctx.inputs[f"train/{name}"] / "manifest.json").read_text())["counts"]["ledger"]
 
 
 def test_report_fails_on_missing_summary(ctx):

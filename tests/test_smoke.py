@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKBENCH = str(Path(sys.executable).parent / "workbench")
@@ -19,11 +18,7 @@ def run(*args):
     return out
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("smoke") / "run"
-    first = run("run", "recipes/smoke.yaml", "--out", str(out_dir))
-    return out_dir, first
+# `smoke_run` (tests/conftest.py): one run of recipes/smoke.yaml per session, shared with tests/test_page.py
 
 
 def test_smoke_recipe_produces_the_full_table(smoke_run):

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 
 from evaluators.stats import (
+    crossed_means,
     hierarchical_means,
     holm,
     paired_bootstrap,
     paired_permutation_test,
+    resamples_for,
     seed_mean_interval,
+    smallest_holm_p,
 )
 
 
@@ -77,3 +80,37 @@ def test_shape_errors_and_holm():
     # Holm: sorted 0.01, 0.02, 0.04 times 3, 2, 1 -> 0.03, 0.04, 0.04 (monotone)
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_p_value_floor_is_two_over_b_plus_one():
+    a, b = np.ones((1, 50)), np.zeros((1, 50))  # every replicate is +1: the smallest p the bootstrap gives
+    for samples in (100, 999):
+        assert paired_bootstrap(a, b, samples=samples)["p_value"] == pytest.approx(2 / (samples + 1))
+
+
+def test_resamples_grow_with_comparisons_so_alpha_can_be_reached():
+    for m, alpha in [(4, 0.05), (15, 0.05), (16, 0.05), (25, 0.05), (40, 0.01)]:
+        b = resamples_for(m, alpha, at_least=1000)
+        assert smallest_holm_p(m, b) <= alpha / 10 < smallest_holm_p(m, b - 1) or b == 1000
+    assert resamples_for(1, 0.05, at_least=1000) == 1000
+    assert smallest_holm_p(16, 200) == pytest.approx(32 / 201)  # dft-family's old setting: 0.159 > alpha
+    assert resamples_for(10**6, 0.05, cap=5000) == 5000  # capped: the report then says alpha is out of reach
+    # with the grown B, a clear difference in each of m = 25 comparisons survives Holm
+    a, b = np.ones((3, 100)), np.zeros((3, 100))
+    samples = resamples_for(25, 0.05)
+    assert min(holm([paired_bootstrap(a, b, samples=samples)["p_value"]] * 25)) < 0.05
+
+
+def test_crossed_bootstrap_shares_one_problem_draw_across_seeds():
+    assert hierarchical_means is crossed_means  # the old name stays for callers
+    # two identical seeds: a crossed draw (one problem set for both seeds) has the variance of one seed's
+    # problem bootstrap; a nested draw (problems drawn afresh per seed) would halve it
+    row = np.random.default_rng(1).random(200)
+    one = crossed_means(row[None, :], samples=4000, seed=2).var()
+    two = crossed_means(np.stack([row, row]), samples=4000, seed=3).var()
+    assert two == pytest.approx(one, rel=0.15) and two > 0.75 * one
+
+
+def test_seed_spread():
+    r = seed_mean_interval([[0.2] * 10, [0.4] * 10, [0.3] * 10])
+    assert r["seed_sd"] == pytest.approx(0.1) and (r["seed_min"], r["seed_max"]) == pytest.approx((0.2, 0.4))

@@ -109,6 +109,31 @@ def test_configs_defaults_and_data_field():
         RFTTrainerPlugin.Config(data="demonstrations")  # RFT is defined by its data: positives
 
 
+def test_batch_size_is_exact_or_refused_when_the_recipe_loads(base_model, tmp_path):
+    """A batch the micro-batches cannot cut exactly is refused naming batch_size (20 with micro-batch 8 trained
+    on 16 before issue 21); a micro-batch larger than the batch shrinks to it (4 with the default 8 trained on 8)."""
+    from workbench.recipe import RecipeError, parse_recipe
+
+    def load(algorithm, **entry):
+        return parse_recipe({"run": {"name": "r"}, "model": "toy:arith",
+                             "train": [{"name": "e", "algorithm": algorithm, **entry}]}, "x.yaml")
+
+    for algorithm in ("sft", "dft", "rft", "pk", "psft", "dpo"):
+        with pytest.raises(RecipeError, match=r"^x.yaml: train\[0\].batch_size: batch_size=20 is not a multiple of "
+                           r"per_device_batch_size x num_workers = 8 x 1"):
+            load(algorithm, batch_size=20, per_device_batch_size=8)
+    with pytest.raises(RecipeError, match=r"train\[0\].batch_size: batch_size=12 is not a multiple of "
+                       r"per_device_batch_size x num_workers = 4 x 2"):
+        load("dft", batch_size=12, per_device_batch_size=4, num_workers=2)
+    assert load("dft", batch_size=24, per_device_batch_size=4, num_workers=2).train[0].config.batch_size == 24
+    with pytest.raises(ValueError, match=r"^sft \(demonstrations\): batch_size=20 is not a multiple"):
+        run("sft", base_model, tmp_path / "x", batch_size=20, per_device_batch_size=8)
+    result, _ = run("sft", base_model, tmp_path / "y", batch_size=4, per_device_batch_size=8, max_steps=-1,
+                    num_epochs=1)
+    assert result.steps == 2  # 8 rows in batches of 4, not of the default micro-batch 8
+    assert get_trainer("dft").Config().kl_direction == "forward"  # ASFT's KL(base || model)
+
+
 def test_bad_data_is_one_line_error(base_model, tmp_path):
     with pytest.raises(ValueError, match="missing column.*response"):
         run("sft", base_model, tmp_path / "x", data=DATA.drop("response"))

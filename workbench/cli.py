@@ -1,7 +1,9 @@
 """`workbench`: run a recipe end to end, or one stage of it, and list the registered plugins.
 
-    workbench run [RECIPE] [--out DIR] [--set key.path=value ...] [--dry-run]
+    workbench run [RECIPE] [--out DIR] [--set key.path=value ...] [--dry-run] [--force]
     workbench generate|verify|build|train|evaluate|report [RECIPE] ...   (that stage and what it needs)
+    workbench report RUN_DIR [--open]         (where a finished run's page is: report/index.html)
+    workbench compare RUN_A RUN_B [...] [--html FILE]   (runs side by side, paired where they can be)
     workbench evaluate --model PATH_OR_ID --benchmarks a,b --k K --out DIR   (any model, no recipe)
     workbench verify-file IN OUT
     workbench check [RECIPE] [--out DIR]     (every finished stage's files against its manifest)
@@ -40,7 +42,9 @@ SeedsOpt = typer.Option(None, "--seeds", help="Training/evaluation seeds, e.g. 0
 def with_seeds(overrides: list[str] | None, seeds: str | None) -> list[str]:
     """`--seeds 0,1,2` as the override `run.seeds=[0,1,2]` after the `--set` ones."""
     return [*(overrides or []), *([f"run.seeds=[{seeds}]"] if seeds else [])]
-DryOpt = typer.Option(False, "--dry-run", help="Print the stage plan and what is cached; run nothing.")
+DryOpt = typer.Option(False, "--dry-run", help="Print the stage plan, what is cached and the memory plan; run "
+                      "nothing.")
+ForceOpt = typer.Option(False, "--force", help="Run even when the memory plan says an entry cannot fit.")
 
 
 def fail(message: str) -> None:
@@ -83,13 +87,22 @@ def _print_plan(pipe, upto) -> None:
         table.add_row(stage.name, ", ".join(stage.deps) or "-",
                       "[green]cached[/]" if done else f"[yellow]to run[/] {'' if why == NOT_RUN else why}")
     console.print(table)
+    from workbench.budget import budget_lines
+
+    for line in budget_lines(pipe.recipe):  # each train entry's planned budget (budget.match: samples)
+        console.print(line, highlight=False, soft_wrap=True)
+    from workbench.memory_plan import gpu_memory_gb, plan_lines
+
+    for line in plan_lines(pipe.recipe, gpu_gb=gpu_memory_gb(pipe.recipe)):  # per GPU / process, in parts
+        console.print(line, highlight=False, soft_wrap=True)
 
 
-def _run(recipe, out, overrides, dry_run, upto):
+def _run(recipe, out, overrides, dry_run, upto, force=False):
     from workbench.lock import RunDirLocked
     from workbench.pipeline import StageNotAvailable
 
     pipe = _pipeline(recipe, out, overrides)
+    pipe.force = force  # run past the memory plan's refusals
     if dry_run:
         _print_plan(pipe, upto)
         return
@@ -110,19 +123,24 @@ def _run(recipe, out, overrides, dry_run, upto):
             for name in ("table2.md", "table2.csv", "table2.png", "costs.csv"):
                 if (report_dir / name).exists():
                     console.print(f"  {report_dir / name}")
+            if (report_dir / "index.html").is_file():  # the last line: where the page is
+                console.print(f"report page: {(report_dir / 'index.html').resolve()}", highlight=False,
+                              soft_wrap=True)
 
 
 @app.command()
 def run(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
-        set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt):
+        set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt,
+        force: bool = ForceOpt):
     """Run the whole recipe: data generation, every trainer, evaluation and the report."""
-    _run(recipe, out, with_seeds(set_, seeds), dry_run, None)
+    _run(recipe, out, with_seeds(set_, seeds), dry_run, None, force)
 
 
 def _stage_command(step: str, doc: str):
     def command(recipe: str | None = RecipeArg, out: Path | None = OutOpt,
-                set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt):
-        _run(recipe, out, with_seeds(set_, seeds), dry_run, step)
+                set_: list[str] | None = SetOpt, dry_run: bool = DryOpt, seeds: str | None = SeedsOpt,
+                force: bool = ForceOpt):
+        _run(recipe, out, with_seeds(set_, seeds), dry_run, step, force)
 
     command.__doc__ = doc
     app.command(name=step)(command)
@@ -131,9 +149,29 @@ def _stage_command(step: str, doc: str):
 for _step, _doc in [("generate", "Sample responses from the base model (and the prompts stage before it)."),
                     ("verify", "Grade the samples with math-verify."),
                     ("build", "Build positives, DPO pairs, RL prompts and demonstrations."),
-                    ("train", "Train every algorithm of the recipe on the built data."),
-                    ("report", "Write the Table 2 report (running whatever it still needs).")]:
+                    ("train", "Train every algorithm of the recipe on the built data.")]:
     _stage_command(_step, _doc)
+
+
+@app.command()
+def report(recipe: str | None = typer.Argument(None, help=f"Recipe YAML (default: {DEFAULT_RECIPE}), or a "
+                                               "finished run directory (then nothing runs)."),
+           out: Path | None = OutOpt, set_: list[str] | None = SetOpt, dry_run: bool = DryOpt,
+           seeds: str | None = SeedsOpt,
+           open_: bool = typer.Option(False, "--open", help="Open report/index.html in a browser.")):
+    """Write the Table 2 report and its page (running whatever it still needs); name or open the page."""
+    from evaluators.page import open_page, page_for
+
+    if recipe and Path(recipe).is_dir():
+        page = page_for(Path(recipe))
+        print(f"report page: {page.resolve()}")
+    else:
+        _run(recipe, out, with_seeds(set_, seeds), dry_run, "report")  # its last line names the page
+        if dry_run or not open_:
+            return
+        page = page_for(out or load_recipe(recipe or DEFAULT_RECIPE, with_seeds(set_, seeds)).run_dir)
+    if open_ and not open_page(page):
+        print("no browser to open it here (no display); open the file above, or copy it: it is self-contained")
 
 
 @app.command()
@@ -203,6 +241,23 @@ def check(recipe: str | None = RecipeArg, out: Path | None = OutOpt):
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     print(f"{out}: {len(report)} stage(s), every output matches its manifest")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Two or more finished run directories; the first is "
+                                              "the reference."),
+            html: Path | None = typer.Option(None, "--html", help="Also write the comparison as one "
+                                             "self-contained HTML page here."),
+            samples: int = typer.Option(2000, help="Bootstrap resamples for the paired differences.")):
+    """Runs side by side: shared methods x benchmarks, each run's score, paired differences from the first."""
+    from evaluators.compare import compare_runs, render_html
+
+    text, loaded = compare_runs(runs, samples)
+    print(text, end="")
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(text, loaded), encoding="utf-8")
+        print(f"comparison page: {html.resolve()}")
 
 
 def _list(group: str) -> None:

@@ -202,6 +202,7 @@ class Pipeline:
         self.recipe = recipe
         self.rundir = RunDir(Path(out_dir) if out_dir else recipe.run_dir)
         self.stages = plan(recipe)
+        self.force = False  # run past the memory plan's refusals (workbench run --force)
 
     def status(self, upto: str | None = None) -> list[tuple[Stage, bool]]:
         """(stage, cached) in run order. A stage is cached when its manifest matches, its outputs check
@@ -244,6 +245,10 @@ class Pipeline:
                 from workbench.trainers.launch import probe_storage
 
                 probe_storage(self.rundir.root)
+            from workbench.memory_plan import check_recipe
+
+            for line in check_recipe(self.recipe, base_model, todo, force=self.force):  # refuses what cannot fit
+                console.print(line, highlight=False, soft_wrap=True)
         batches = {kind: [s for s in todo if s.kind == kind] for kind in ("trial", "train")}
         for stage in todo:
             if stage.kind in batches:  # all trials, later all train entries, side by side in Ray

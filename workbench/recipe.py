@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_vali
 
 from data_gen.config import BuildConfig, GenerateConfig, PromptsConfig, VerifyConfig
 from evaluators.config import EvaluateConfig, ReportConfig
+from workbench.budget import BudgetConfig
 from workbench.config_base import Section
 from workbench.sweep import TuneConfig
 from workbench.template import TemplateConfig
@@ -56,6 +57,15 @@ class RayConfig(Section):
                                 "unset starts a local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: the machine's cores).")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local Ray (default: detected).")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU (GiB) for the memory plan "
+                                        "(workbench/memory_plan.py), e.g. 80 to plan a GPU run on another machine; "
+                                        "unset: read from this machine's or the joined cluster's GPUs.")
+    max_failures: int = Field(2, ge=-1, description="Times Ray Train restarts a train entry's worker group "
+                              "(num_workers > 1) after a lost or failed worker, resuming from the entry's latest "
+                              "checkpoint (save_steps) within the same run; 0 never, -1 always.")
+    placement: Literal["PACK", "SPREAD"] = Field("PACK", description="How a worker group's processes are placed: "
+                                                 "PACK fills one node first (GPUs of one node talk fastest), "
+                                                 "SPREAD puts them on different nodes where it can.")
 
 
 # Train-entry fields that say where and how an entry runs, not what it trains: left out of the stage hash, so
@@ -110,6 +120,7 @@ class Recipe(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
@@ -208,6 +219,9 @@ def parse_recipe(data: dict, source: str = "<recipe>", overrides: list[str] = ()
             from workbench.sweep import check_sweep
 
             check_sweep(entry, plugin, f"{source}: train[{i}].sweep")
+    from workbench.budget import apply_matching
+
+    apply_matching(recipe, source)  # budget.match: online entries' max_steps from the offline generation
     return recipe
 
 

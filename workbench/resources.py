@@ -1,20 +1,12 @@
 """What a stage will need before it starts: memory of a train entry (for Ray's `memory` resource) and disk.
 
-Memory (`train_memory_gb`, used when a train entry leaves `memory_gb` unset): a rough estimate from the
-base model's weight files and config, the algorithm and its batch, in GiB:
-
-    1.5 (python, torch, a Ray worker)
-    + P * (16 B per trainable model [fp32 weights, gradients, AdamW's two moments] + 4 B per frozen one)
-    + tokens * 4 B * (3 * vocab [logits, log-softmax, their gradient] + layers * (12 * hidden + 3 * ffn)) / 2
-
-with P the parameter count, tokens = per_device_batch_size * max_length per trainable model, and the final
-/2 because a batch is padded to its longest sequence, not to max_length (about half on average). DPO and
-GRPO (beta > 0) hold a frozen reference; PPO trains a critic beside the actor and holds a reference. On
-SmolLM2-135M's PPO entry of recipes/smollm2-135m.yaml it gives 12.4 GB, the resident size Ray's memory
-monitor reported for that entry (issue 16) -- one calibration point, so set `memory_gb` where it matters.
-(Since then PPO computes log-probabilities in chunks and peaks near 6 GB on that entry, benchmarks/ppo.py: the
-estimate over-reserves it about twice.) With N workers, the FSDP2 trainers (all but DPO and GRPO, which run
-DDP) hold 1/N of the model states per worker.
+Memory (`train_memory_gb`, used when a train entry leaves `memory_gb` unset), in GiB: for a CPU entry the
+memory plan's per-process estimate (`workbench/memory_plan.py`: weights, gradients and AdamW states sharded
+over FSDP2 workers, frozen reference / old models, activations with or without gradient checkpointing at the
+entry's micro-batch x max_length, logits or TRL's tiled head, PPO's rollout engine; calibrated on SmolLM2-135M,
+see that module); for a GPU entry the host memory its process needs (the runtime and the float32 weights it
+loads before moving them to the GPU), the GPU side being the plan's. With N workers, the FSDP2 trainers (all
+but DPO and GRPO, which run DDP) hold 1/N of the model states per worker.
 
 Memory of an engine actor (`engine_memory_gb`, used when the generate / evaluate section leaves `memory_gb`
 unset), in GiB: the process (python, torch, transformers or vLLM) + the weights in the engine's dtype +
@@ -92,19 +84,20 @@ def engine_memory_gb(cfg, model: str, engine: str, n: int = 1) -> float:
 
 
 def train_memory_gb(entry, base_model: str) -> float:
-    """Estimated peak memory (GiB) of one worker of a train entry; see the module docstring."""
-    shape = model_shape(base_model)
-    cfg = entry.config
-    trainable, frozen = 1, 0
-    if entry.algorithm == "ppo":
-        trainable, frozen = 2, 1
-    elif entry.algorithm == "dpo" or (entry.algorithm == "grpo" and getattr(cfg, "beta", 0) > 0):
-        frozen = 1
-    per_token = 4 * (3 * shape["vocab"] + shape["layers"] * (12 * shape["hidden"] + 3 * shape["ffn"]))
-    tokens = getattr(cfg, "per_device_batch_size", 8) * getattr(cfg, "max_length", 2048) * trainable
-    shards = entry.num_workers if entry.algorithm not in ("dpo", "grpo") else 1  # FSDP2 splits the states
-    total = 1.5 * GIB + shape["params"] * (16 * trainable + 4 * frozen) / shards + per_token * tokens / 2
-    return round(total / GIB, 2)
+    """Estimated peak host memory (GiB) of one worker of a train entry; see the module docstring."""
+    from workbench.memory_plan import CPU_RUNTIME_GB, model_shape, train_plan
+    from workbench.memory_plan import _trains_with as models_of
+    from workbench.trainers.launch import worker_resources
+
+    try:
+        shape = model_shape(str(base_model), str(base_model))
+    except ValueError:  # a hub model not downloaded yet: the runtime alone
+        return CPU_RUNTIME_GB["default"]
+    if worker_resources(entry)[1] > 0:
+        trainable, frozen = models_of(entry)
+        runtime = CPU_RUNTIME_GB.get(entry.algorithm, CPU_RUNTIME_GB["default"])
+        return round(runtime + 4 * shape["params"] * (trainable + len(frozen)) / GIB, 2)
+    return round(train_plan(entry, 0, shape, on_gpu=False).total / GIB, 2)
 
 
 def samples_bytes(n_prompts: int, n: int, max_tokens: int) -> int:

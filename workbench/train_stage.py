@@ -3,7 +3,8 @@ worker group of `num_workers` processes), side by side when resources allow.
 
 Each task trains the same base model on the data set its trainer consumes (from the one build stage),
 with the run's one template and seed, and records in its manifest the fingerprints of the base model and
-of the data it consumed, its training tokens and wall time.
+of the data it consumed, its training tokens, wall time and its budget ledger row (`counts.ledger`,
+workbench/budget.py: samples, generated / trained / forwarded tokens, FLOPs, wall time).
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
     `report_to`: trackers besides metrics.jsonl (the recipe's run.report_to)."""
     import polars as pl
 
+    from workbench.budget import count_parameters, ledger_row
     from workbench.models import model_fingerprint
     from workbench.registry import get_trainer
-    from workbench.rundir import file_checksum
+    from workbench.rundir import file_checksum, read_manifest
     from workbench.trainers.launch import worker_resources
 
     trainer_cls = get_trainer(entry.algorithm)
@@ -90,7 +92,7 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
     t0 = time.time()
     with writer_lock(Path(out)):
         result = trainer_cls().train(job, entry.config)
-    return {
+    counts = {
         "algorithm": entry.algorithm,
         "data": kind,
         "data_rows": data.height,
@@ -103,6 +105,10 @@ def train_entry(entry, template, base_model: str, build_dir: Path, out: Path, se
         "num_workers": entry.num_workers,
         **{k: v for k, v in result.extra.items() if isinstance(v, (int, float, str, bool))},
     }
+    # the budget ledger (workbench/budget.py): the same units for every method, offline ones charged the generation
+    generate = read_manifest(Path(build_dir).parent / "generate") if kind in ("positives", "pairs") else None
+    counts["ledger"] = ledger_row(counts, entry.config, generate, count_parameters(base_model))
+    return counts
 
 
 def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
@@ -131,7 +137,8 @@ def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
         fn = partial(logged, train_entry, tmp / LOG_NAME)  # the worker's output goes to its stage folder
         ref = launch(entry, fn, entry, recipe.template, base_model, build_dir, tmp,
                      stage.extra.get("seed", recipe.run.seed), tuple(recipe.run.report_to), recipe.verify,
-                     out_dir=tmp, trainer_cls=get_trainer(entry.algorithm))
+                     out_dir=tmp, trainer_cls=get_trainer(entry.algorithm),
+                     max_failures=recipe.ray.max_failures, placement=recipe.ray.placement)
         running[ref] = (stage, tmp, time.time())
         (cpus, gpus), found = worker_resources(entry), latest_resumable(tmp)
         console.print(f"[bold]train[/] {stage.name} queued ({entry.algorithm}, {entry.num_workers} x "
@@ -178,3 +185,26 @@ def run_train_stages(pipeline, stages, base_model: str) -> dict[str, dict]:
     if failures:
         raise RuntimeError("training failed for " + "; ".join(failures))
     return manifests
+
+
+def train_now(recipe, entry, base_model: str, build_dir: Path, out: Path, seed: int) -> dict:
+    """Train one entry into `out` through `launch` (a Ray task or worker group) and wait for its counts: a
+    sweep's range-extension trial (workbench/sweep.py), trained inside its tune stage."""
+    import ray
+
+    from workbench.console import LOG_NAME, logged
+    from workbench.registry import get_trainer
+    from workbench.resources import node_memory_gb, with_memory
+    from workbench.trainers.launch import launch
+
+    entry, _ = with_memory(entry, base_model, node_memory_gb())
+    Path(out).mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]train[/] {out.name} of {entry.name} (range extension: "
+                  f"{ {k: getattr(entry.config, k) for k in (entry.sweep or {})} })", highlight=False)
+    t0 = time.time()
+    ref = launch(entry, partial(logged, train_entry, Path(out) / LOG_NAME), entry, recipe.template, base_model,
+                 build_dir, Path(out), seed, tuple(recipe.run.report_to), recipe.verify, out_dir=Path(out),
+                 trainer_cls=get_trainer(entry.algorithm))
+    counts = ray.get(ref)
+    console.print(f"[green]✓[/] {entry.name} extension trial trained ({time.time() - t0:.1f}s)")
+    return counts

@@ -81,6 +81,17 @@ def truncate_metrics(metrics_path: Path, step: int) -> int:
     return len(kept)
 
 
+def restart_metrics(stage_dir: Path, metrics_path: Path | None = None) -> int:
+    """A (re)start of a train stage: cut metrics.jsonl back to the newest resumable checkpoint's step, or to
+    nothing when there is none, since every later step is trained (and logged) again. Whatever restarts the
+    stage (a rerun, Ray Train restarting a lost worker group, a retried task), each step is then logged once.
+    Returns that step. Call from one process only (rank 0), before the trainer logs."""
+    found = latest_resumable(stage_dir)
+    step = found[0] if found else 0
+    truncate_metrics(Path(metrics_path) if metrics_path else Path(stage_dir) / "metrics.jsonl", step)
+    return step
+
+
 def prune(stage_dir: Path, *, keep_models: bool, keep_last_state: bool = True) -> None:
     """Remove the resumable state of all but the newest checkpoint (or of all), and model folders unless kept."""
     ckpts = list_checkpoints(stage_dir)
@@ -273,17 +284,15 @@ def hf_checkpoint_callback(stage_dir: Path, trainer_output_dir: Path, tokenizer,
 
 
 def hf_resume_from(stage_dir: Path, metrics_path: Path) -> tuple[str | None, int]:
-    """(the Trainer checkpoint folder to resume from, its step), truncating metrics.jsonl to that step."""
+    """(the Trainer checkpoint folder to resume from, its step), metrics.jsonl cut to that step (to nothing
+    without a checkpoint: a killed attempt's rows would otherwise stay before the new ones)."""
     found = latest_resumable(stage_dir)
-    if found is None:
-        return None, 0
-    step, path = found
-    if read_info(path).get("format") != "hf-trainer":
-        raise ValueError(f"{path}: not a transformers Trainer checkpoint")
+    if found is not None and read_info(found[1]).get("format") != "hf-trainer":
+        raise ValueError(f"{found[1]}: not a transformers Trainer checkpoint")
     if rank_world()[0] == 0:
-        truncate_metrics(metrics_path, step)
+        restart_metrics(stage_dir, metrics_path)
     barrier()
-    return str(path / "state"), step
+    return (str(found[1] / "state"), found[0]) if found else (None, 0)
 
 
 def hf_stage(job, trainer_output_dir: Path, tokenizer, log_callback):

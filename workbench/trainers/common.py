@@ -67,6 +67,14 @@ def require_columns(data: pl.DataFrame, columns: list[str], what: str) -> None:
             raise ValueError(f"{what}: column {c} is null in row {row}")
 
 
+def fit_prompts(tokenizer, prompts: list[str], answers: list[str], max_prompt_tokens: int):
+    """(prompts, answers) whose rendered prompt has at most `max_prompt_tokens` tokens, and how many were
+    left out (verl's filter_overlong_prompts)."""
+    keep = [i for i, p in enumerate(prompts)
+            if len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= max_prompt_tokens]
+    return [prompts[i] for i in keep], [answers[i] for i in keep], len(prompts) - len(keep)
+
+
 @dataclass
 class Example:
     input_ids: list[int]
@@ -114,9 +122,25 @@ def blank(example: Example) -> Example:
     return Example(example.input_ids[:1], [IGNORE_INDEX])
 
 
+def batch_problem(cfg: TrainConfig, world: int, save_steps: int = 0) -> tuple[str, str] | None:
+    """("batch_size", one-line reason) when `batch_size` sequences cannot be cut into equal micro-batches on
+    `world` workers: each worker takes batch_size / world of them in micro-batches of min(per_device_batch_size,
+    that share). Refused when the recipe loads (a trainer's `check_launch`, launch.check_entry), because a
+    floored accumulation would silently train on another batch (20 with micro-batch 8 on 16)."""
+    batch, micro = cfg.batch_size, cfg.per_device_batch_size
+    if batch % world:
+        return "batch_size", f"batch_size={batch} is not divisible by num_workers={world}"
+    share = batch // world
+    if share % min(micro, share):
+        return "batch_size", (f"batch_size={batch} is not a multiple of per_device_batch_size x num_workers = "
+                              f"{micro} x {world}: it would train on {share // micro * micro * world} sequences "
+                              "per step")
+    return None
+
+
 def plan_steps(n_examples: int, cfg: TrainConfig) -> tuple[int, int]:
     """(optimizer batch size, total optimizer steps) from batch_size, num_epochs and max_steps."""
-    batch = cfg.per_device_batch_size * cfg.grad_accum()
+    batch = cfg.batch_size
     total = math.ceil(cfg.num_epochs * math.ceil(n_examples / batch))
     return batch, (cfg.max_steps if cfg.max_steps > 0 else max(1, total))
 
@@ -160,7 +184,7 @@ def micro_batch_loss(model, ref, inputs, num_tokens, kind, fused, loss_opts, pro
     if fused:
         out = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True)
         mask = labels[:, 1:] != IGNORE_INDEX
-        opts = {k: v for k, v in loss_opts.items() if k != "kl_weight"}
+        opts = {k: v for k, v in loss_opts.items() if k not in ("kl_weight", "kl_direction")}
         loss, stats = weighted_nll(out.log_probs, mask, num_tokens, kind=kind, ctx=ctx, **opts)
         return loss, {**stats, "kl": 0.0}
     logits = model(input_ids=ids, attention_mask=attn).logits
@@ -179,6 +203,8 @@ def train_token_loss(job: TrainJob, cfg, *, kind: str, what: str) -> TrainResult
 
     `cfg` is an SFT-family config: TrainConfig plus max_grad_norm and the kind's options (`loss_options`).
     """
+    if problem := batch_problem(cfg, checkpoint.rank_world()[1]):
+        raise ValueError(f"{what}: {problem[1]}")
     device = setup_torch(job)
     model, tokenizer = load_base(job, device)
     examples, dropped = encode_rows(job.data, tokenizer, job, cfg.max_length, what)
@@ -267,13 +293,12 @@ def train_token_loss(job: TrainJob, cfg, *, kind: str, what: str) -> TrainResult
 
 def hf_args(job: TrainJob, cfg: TrainConfig) -> dict:
     """TrainingArguments keywords from a TrainConfig: no hub, no wandb, output in out_dir. Under N workers
-    (launch.py) the per-worker micro-batch and accumulation keep the global batch at `batch_size`, and CPU
+    (launch.py) the per-worker micro-batch and accumulation keep the global batch at `batch_size` (exactly: see
+`batch_problem`; a micro-batch larger than the batch shrinks to it), and CPU
     workers talk gloo; `job.save_steps` turns on the Trainer's checkpoints (checkpoint.hf_checkpoint_callback
     moves them into checkpoints/step-<N>/)."""
     world = checkpoint.rank_world()[1]
-    micro, accum = cfg.per_device_batch_size, cfg.grad_accum()
-    if world > 1:
-        micro, accum = worker_batch(cfg.batch_size, cfg.per_device_batch_size, world, f"{job.name or 'train'}")
+    micro, accum = worker_batch(cfg.batch_size, cfg.per_device_batch_size, world, f"{job.name or 'train'}")
     on_gpu = torch.cuda.is_available()
     return {
         "output_dir": str(job.out_dir / "trainer"),

@@ -22,7 +22,14 @@ from pydantic import Field
 from workbench.template import render_prompt
 from workbench.trainers import checkpoint
 from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import hf_args, load_base, metrics_callback, require_columns, setup_torch
+from workbench.trainers.common import (
+    batch_problem,
+    hf_args,
+    load_base,
+    metrics_callback,
+    require_columns,
+    setup_torch,
+)
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
@@ -49,6 +56,7 @@ class DPOTrainerPlugin(Trainer):
     Config: ClassVar[type[TrainConfig]] = DPOConfig
     distributed: ClassVar[bool] = True  # N workers: DDP through accelerate (launch.py)
     checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py)
+    check_launch = staticmethod(batch_problem)  # batch_size vs micro-batch x workers, at load
 
     def train(self, job: TrainJob, cfg: TrainConfig) -> TrainResult:
         from datasets import Dataset

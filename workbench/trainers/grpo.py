@@ -4,7 +4,9 @@ Each prompt is rendered with the run's template (a plain string, so TRL applies 
 own); TRL samples `num_generations` completions per prompt, scores them with `data_gen.verifiers.reward`
 (the recipe's `verify.verifier`; 1.0 correct, else 0.0; the same code the verify stage runs), normalises
 rewards within each group and takes a clipped policy-gradient step with a KL penalty `beta` to the base
-model.
+model. The loss is the token mean over the batch (`loss_type: dapo`, verl's `loss_agg_mode: token-mean`), and
+TRL's two corrections that verl lacks (`vllm_importance_sampling_correction`, `use_bias_correction_kl`, both on
+by default in TRL 1.16) are off unless a recipe turns them on.
 
 Rollouts use transformers `generate` by default; `use_vllm` turns on TRL's vLLM colocate mode, which is
 for GPUs only (its weight sync fails on CPU, see DESIGN.md).
@@ -28,6 +30,7 @@ at rollout boundaries only (TRL keeps the completions of a rollout in memory); a
 from __future__ import annotations
 
 import shutil
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -35,7 +38,7 @@ from pydantic import Field, model_validator
 from workbench.template import render_prompt
 from workbench.trainers import checkpoint
 from workbench.trainers.base import MetricsLog, TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import hf_args, load_base, require_columns, setup_torch
+from workbench.trainers.common import fit_prompts, hf_args, load_base, require_columns, setup_torch
 from workbench.trainers.launch import worker_batch
 
 # TRL log key -> metrics.jsonl key
@@ -71,13 +74,21 @@ class GRPOConfig(TrainConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="Rollout nucleus threshold.")
     epsilon: float = Field(0.2, gt=0, description="Ratio clip (verl clip_ratio=0.2).")
     num_iterations: int = Field(1, ge=1, description="Updates per generation batch (GRPO's mu; verl ppo_epochs=1).")
-    loss_type: str = Field("grpo", description="TRL loss aggregation: grpo (the paper's per-sequence mean), "
-                           "dapo, dr_grpo, bnpo.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo", description="TRL loss aggregation: dapo (default; the token mean over the batch, verl "
+        "ppo_trainer.yaml loss_agg_mode: token-mean, and what our PPO does), grpo (DeepSeekMath's per-sequence "
+        "mean), dr_grpo, bnpo.")
     scale_rewards: str = Field("group", description="Divide advantages by the group's std (group), the batch's, "
                                "or none (Dr. GRPO).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (verl grad_clip=1.0).")
     use_vllm: bool = Field(False, description="Roll out with TRL's vLLM colocate mode (GPUs only).")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's GPU share in colocate mode.")
+    vllm_importance_sampling_correction: bool = Field(
+        False, description="TRL's correction of the vLLM/trainer probability mismatch (on by default in TRL 1.16: "
+        "sequence mask, cap 3). Off: the authors' verl has no such correction.")
+    use_bias_correction_kl: bool = Field(
+        False, description="TRL's importance-weighted KL term (DeepSeek-V3.2; on by default in TRL 1.16). Off: "
+        "verl's k3 KL loss (low_var_kl) is not weighted.")
     reward_timeout_s: float = Field(5.0, gt=0, description="Verifier timeout per response.")
 
     @model_validator(mode="after")
@@ -95,14 +106,6 @@ class GRPOConfig(TrainConfig):
             raise ValueError(f"grpo: max_completion_length={self.max_completion_length} leaves no room for the "
                              f"prompt within max_length={self.max_length}")
         return self
-
-
-def fit_prompts(tokenizer, prompts: list[str], answers: list[str], max_prompt_tokens: int):
-    """(prompts, answers) whose rendered prompt has at most `max_prompt_tokens` tokens, and how many were
-    left out (verl's filter_overlong_prompts)."""
-    keep = [i for i, p in enumerate(prompts)
-            if len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= max_prompt_tokens]
-    return [prompts[i] for i in keep], [answers[i] for i in keep], len(prompts) - len(keep)
 
 
 def verifier_reward_func(timeout_s: float, verifier_name: str = "math", options: dict | None = None):
@@ -176,6 +179,8 @@ def trl_args(job: TrainJob, cfg: GRPOConfig, stop_ids: list[int]):
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
         num_iterations=cfg.num_iterations, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        vllm_importance_sampling_correction=cfg.vllm_importance_sampling_correction,
+        use_bias_correction_kl=cfg.use_bias_correction_kl,
         use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         generation_kwargs={"stop_token_ids": stop_ids} if cfg.use_vllm else None,
         disable_dropout=True,
@@ -269,4 +274,17 @@ class GRPOTrainerPlugin(Trainer):
                            extra={"mixed_precision": str(trainer.accelerator.mixed_precision),
                                   "master_dtype": str(next(trainer.model.parameters()).dtype),
                                   "stop_token_ids": stop_ids, "prompts_too_long": too_long,
-                                  "num_workers": world, "resumed_from_step": resumed})
+                                  "num_workers": world, "resumed_from_step": resumed,
+                                  **rollout_counts(trainer.state, cfg)})
+
+
+def rollout_counts(state, cfg: GRPOConfig) -> dict:
+    """Completions sampled and their response tokens (the budget ledger, workbench/budget.py): batch_size /
+    num_iterations completions per optimizer step; tokens from the logged mean completion length of each step."""
+    per_step = cfg.batch_size / cfg.num_iterations
+    tokens, last = 0.0, 0
+    for row in state.log_history:
+        if "completions/mean_length" in row:
+            tokens += row["completions/mean_length"] * per_step * (row.get("step", last) - last)
+            last = row.get("step", last)
+    return {"samples_generated": int(round(state.global_step * per_step)), "generated_tokens": int(round(tokens))}

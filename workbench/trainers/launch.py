@@ -13,6 +13,15 @@ One process drives one GPU: an entry asking for more than one GPU per worker is 
 leave the rest idle and the transformers Trainer would wrap the model in `nn.DataParallel`, multiplying
 the recipe's batch). A trainer that does not declare `distributed = True` refuses N > 1 workers.
 On a cluster the run directory must be one storage every node sees: `probe_storage` checks it from each node.
+
+Healing: a worker group runs under Ray Train's `FailureConfig(max_failures=N)` (the recipe's
+`ray.max_failures`): when a worker dies or raises, Ray Train replaces the group and runs the training
+function again, which resumes from the stage's latest checkpoint (`save_steps`, checkpoint.py). Every
+(re)start cuts metrics.jsonl back to that checkpoint (`checkpoint.restart_metrics`) and appends a row to
+`.attempts.jsonl` in the stage folder; the result (the stage's manifest counts) carries `restarts` (within this
+run) and `attempts` (each start, also of earlier killed runs, with the step it resumed from, its node and
+time). A 1-worker entry is a plain Ray task and does not heal inside the run (a rerun resumes it).
+Ray task and actor names say which entry they serve: `train/<entry>`, `train/<entry> (worker group)`.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import uuid
 from pathlib import Path
 
 RESULT_FILE = ".launch-result.json"
+ATTEMPTS_FILE = ".attempts.jsonl"  # one row per start of a worker group: {"group", "resumed_from_step", ...}
 
 
 def worker_resources(entry) -> tuple[float, float]:
@@ -53,8 +63,11 @@ def check_entry(entry, trainer_cls) -> tuple[str, str] | None:
     return None
 
 
-def launch(entry, train_fn, *args, out_dir: Path, trainer_cls=None):
-    """Start `train_fn(*args)` as the entry asks; return an ObjectRef of rank 0's return value."""
+def launch(entry, train_fn, *args, out_dir: Path, trainer_cls=None, max_failures: int = 0,
+           placement: str = "PACK"):
+    """Start `train_fn(*args)` as the entry asks; return an ObjectRef of rank 0's return value.
+    `max_failures`: times Ray Train restarts a worker group that lost a worker (-1: always);
+    `placement`: the group's placement strategy (PACK fills a node first, SPREAD uses different nodes)."""
     import ray
 
     if trainer_cls is not None and (problem := check_entry(entry, trainer_cls)):
@@ -63,35 +76,43 @@ def launch(entry, train_fn, *args, out_dir: Path, trainer_cls=None):
     memory = int(entry.memory_gb * 2**30) if getattr(entry, "memory_gb", None) else 0  # Ray's `memory`, bytes
     if entry.num_workers == 1:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, memory=memory or None, max_retries=0)(_single)
-        return task.remote(train_fn, args)
+        return task.options(name=f"train/{entry.name}").remote(train_fn, args, str(out_dir))
     group = ray.remote(num_cpus=0, max_retries=0)(_fit_group)  # waits on the worker group; holds nothing
-    return group.remote(train_fn, args, entry.num_workers, cpus, gpus, str(out_dir), entry.name, memory)
+    return group.options(name=f"train/{entry.name} (worker group)").remote(
+        train_fn, args, entry.num_workers, cpus, gpus, str(out_dir), entry.name, memory, max_failures, placement)
 
 
-def _single(train_fn, args):
+def _single(train_fn, args, out_dir: str | None = None):
     import torch
+
+    from workbench.trainers.checkpoint import restart_metrics
 
     if torch.cuda.device_count() > 1:  # Ray gives a task its own GPUs; never let one process see several
         raise RuntimeError(f"one training process sees {torch.cuda.device_count()} GPUs (the transformers Trainer "
                            "would wrap the model in nn.DataParallel): give the entry gpus_per_worker: 1 and "
                            "num_workers: N, one process per GPU")
+    if out_dir is not None:
+        restart_metrics(Path(out_dir))
     return train_fn(*args)
 
 
 def _fit_group(train_fn, args, num_workers: int, cpus: float, gpus: float, out_dir: str, name: str,
-               memory: int = 0):
-    """Run train_fn in every worker of a TorchTrainer; return rank 0's result; re-raise a worker's error."""
+               memory: int = 0, max_failures: int = 0, placement: str = "PACK"):
+    """Run train_fn in every worker of a TorchTrainer (restarted up to `max_failures` times); return rank 0's
+    result with the group's restarts and attempts; re-raise a worker's error once no restart is left."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     out = Path(out_dir)
     storage = out / ".ray-train"
+    group = uuid.uuid4().hex[:8]
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({"memory": memory} if memory else {})}
     trainer = TorchTrainer(
-        _worker_loop, train_loop_config={"fn": train_fn, "args": args, "out": out_dir},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources),
-        run_config=RunConfig(name=f"train-{name.replace('/', '-')}-{uuid.uuid4().hex[:6]}",
-                             storage_path=str(storage), failure_config=FailureConfig(max_failures=0)),
+        _worker_loop, train_loop_config={"fn": train_fn, "args": args, "out": out_dir, "group": group},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources,
+                                     placement_strategy=placement),
+        run_config=RunConfig(name=f"train-{name.replace('/', '-')}-{group}", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=max_failures)),
     )
     try:
         trainer.fit()
@@ -105,13 +126,38 @@ def _fit_group(train_fn, args, num_workers: int, cpus: float, gpus: float, out_d
         shutil.rmtree(storage, ignore_errors=True)
     result = json.loads((out / RESULT_FILE).read_text())
     (out / RESULT_FILE).unlink()
-    return result
+    attempts = read_attempts(out)
+    (out / ATTEMPTS_FILE).unlink(missing_ok=True)
+    mine = [a for a in attempts if a["group"] == group]
+    if not isinstance(result, dict):
+        return result
+    return {**result, "restarts": max(0, len(mine) - 1), "attempts": attempts}
+
+
+def read_attempts(stage_dir: Path) -> list[dict]:
+    """Every recorded start of a worker group in this stage folder (earlier killed runs' included), in order."""
+    path = Path(stage_dir) / ATTEMPTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _worker_loop(config: dict) -> None:
+    import time
+
+    import ray
     import ray.train
 
+    from workbench.trainers.checkpoint import restart_metrics
+
     ctx = ray.train.get_context()
+    if ctx.get_world_rank() == 0:  # a (re)start: cut the log back to the checkpoint it resumes from, record it
+        out = Path(config["out"])
+        step = restart_metrics(out)
+        row = {"group": config["group"], "resumed_from_step": step, "at": round(time.time(), 3),
+               "node": ray.get_runtime_context().get_node_id()[:8]}
+        with open(out / ATTEMPTS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
     result = config["fn"](*config["args"])
     if ctx.get_world_rank() == 0:
         path = Path(config["out"]) / RESULT_FILE
@@ -224,7 +270,8 @@ def probe_storage(run_dir: Path, timeout_s: float = 60.0) -> int:
                 seen = Path(written).read_text() == token
             except Exception as exc:  # noqa: BLE001 - any failure means the node cannot use the directory
                 written, seen = None, False
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                cause = getattr(exc, "cause", None) or exc  # the node's own error, not Ray's wrapper
+                reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
             else:
                 reason = "its file did not come back"
             if written is not None:

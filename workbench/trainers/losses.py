@@ -3,7 +3,12 @@
 The paper's DFT (Eq. 9) rescales each response token's cross-entropy by the model's own probability of
 that token, with the weight cut out of the graph (`sg`, stop-gradient):
 
-    L_DFT = mean over response tokens t of  -sg(p_t) * log p_t
+    L_DFT = E_(x, y) [ sum over the response tokens t of y of  -sg(p_t) * log p_t ]
+
+Eq. 9 sums over each sequence's tokens. Implementations average instead: here over every response token of
+the optimizer batch (below, as TRL's `SFTTrainer`); the authors' `fsdp_dft_trainer.py` over the valid tokens of
+each micro-batch, then over micro-batches (and workers). The three differ by a per-token weighting when
+response lengths vary, not in the token's weight sg(p_t).
 
 With the weight detached, its gradient is `-sg(p_t) * grad log p_t = -grad p_t` (Appendix A.4): DFT
 ascends the token probability itself rather than its log, so confident tokens are not pushed further and
@@ -14,7 +19,9 @@ Every kind goes through `weighted_nll`, one code path: per-token log-probabiliti
 itself needs, or from TRL's tiled LM head on GPUs), then a per-token loss from the registry `LOSS_KINDS`.
 Prompt (and padding) tokens carry label -100 and are ignored. The loss is a sum over the micro-batch
 divided by `num_tokens`, the response tokens of the whole optimizer batch, so gradient accumulation gives
-the same token mean as one big batch (as TRL's `SFTTrainer` normalises).
+the same token mean as one big batch (as TRL's `SFTTrainer` normalises). Under bf16 autocast the LM head's
+matmul runs in bf16; its logits are upcast to float32 (`_full`) before the softmax, so the log-probabilities
+are float32 functions of bf16 logits, not float32 logits.
 
 The kinds (each a plugin of one small file under `workbench/trainers/`, whose docstring gives the source):
 - `ce`: -log p_t (SFT, RFT);
@@ -30,10 +37,12 @@ The kinds (each a plugin of one small file under `workbench/trainers/`, whose do
 - `anneal`: DFT's weight mixed towards cross-entropy as training progresses (`LossContext.progress`).
 
 `kl_weight` (any kind, full logits only) adds the ASFT anchor (Zhu et al. 2025, arXiv 2509.23753):
-`kl_weight * KL(p_model || p_base)` per response token, the reverse KL from the model's side. LLaMA-Factory's
-`use_asft_loss` computes `F.kl_div(log p_model, p_base)`, i.e. the forward KL(p_base || p_model), and averages
-it over the micro-batch's tokens separately from the DFT term; the two directions agree to second order near
-the base model but differ once the model moves (the reverse KL is mode-seeking, the forward one mass-covering).
+`kl_weight * KL(p_base || p_model)` per response token (`kl_direction: forward`, the default), as the authors'
+code computes it (zhuchichi56/ASFT `train_v2.py`, mode `asft`: `F.kl_div(log_softmax(model), softmax(ref))`,
+added to each token's DFT loss, weight 0.1; LLaMA-Factory's `use_asft_loss` likewise).
+`kl_direction: reverse` gives KL(p_model || p_base), the mode-seeking direction this project used before; the
+two agree to second order near the base model and differ once the model moves. The KL is summed over the
+response tokens and divided by the same `num_tokens` as the token loss.
 """
 
 from __future__ import annotations
@@ -97,11 +106,18 @@ def dft_weight(logp: torch.Tensor, alpha: float = 1.0, p_floor: float = 0.0) -> 
     return p
 
 
-def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(p_model || p_ref) over the vocabulary at each position, [batch, seq], zero where mask is False."""
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+             direction: str = "forward") -> torch.Tensor:
+    """KL over the vocabulary at each position, [batch, seq], zero where mask is False: `forward` is
+    KL(p_ref || p_model) (ASFT's, `F.kl_div(log p_model, p_ref)`), `reverse` is KL(p_model || p_ref)."""
     logq = F.log_softmax(_full(logits), dim=-1)
     logr = F.log_softmax(_full(ref_logits), dim=-1)
-    kl = (logq.exp() * (logq - logr)).sum(-1)
+    if direction == "forward":
+        kl = (logr.exp() * (logr - logq)).sum(-1)
+    elif direction == "reverse":
+        kl = (logq.exp() * (logq - logr)).sum(-1)
+    else:
+        raise ValueError(f"token_loss: kl_direction must be 'forward' or 'reverse', got {direction!r}")
     return kl * mask
 
 
@@ -187,8 +203,8 @@ def loss_kind(kind: str) -> LossKind:
 
 
 def loss_options(cfg, kind: str) -> dict:
-    """The options of `kind` (plus `kl_weight`) that the trainer config `cfg` carries, by field name."""
-    names = [*loss_kind(kind).options, "kl_weight"]
+    """The options of `kind` (plus `kl_weight`, `kl_direction`) that the trainer config `cfg` carries, by name."""
+    names = [*loss_kind(kind).options, "kl_weight", "kl_direction"]
     return {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
 
 
@@ -241,6 +257,7 @@ def token_loss(
     *,
     kind: str = "dft",
     kl_weight: float = 0.0,
+    kl_direction: str = "forward",
     ref_logits: torch.Tensor | None = None,
     ctx: LossContext | None = None,
     **options,
@@ -250,6 +267,7 @@ def token_loss(
     logits: [batch, seq, vocab] from the model; labels: [batch, seq] input ids with prompt and padding
     set to -100 (unshifted, as for `AutoModelForCausalLM`). kind: a key of `LOSS_KINDS`.
     num_tokens: response tokens to divide by (default: those in this micro-batch).
+    kl_weight, kl_direction: the ASFT anchor, kl_weight x KL (see `token_kl`) per response token.
     ref_logits: the frozen base model's logits, for the ASFT KL term and for kinds that need the base
     model's log-probabilities (iw-SFT); ctx: progress and the previous policy's log-probs (see LossContext).
     Returns (loss, stats) with the sums of `weighted_nll` plus "kl".
@@ -268,7 +286,7 @@ def token_loss(
     if kl_weight > 0:
         if ref_logits is None:
             raise ValueError("token_loss: kl_weight > 0 needs ref_logits (the base model's logits)")
-        kl = token_kl(logits, ref_logits, mask)
+        kl = token_kl(logits, ref_logits, mask, kl_direction)
         denom = torch.as_tensor(stats["tokens"] if num_tokens is None else num_tokens).clamp(min=1)
         loss = loss + kl_weight * kl.sum() / denom
         stats["kl"] = kl.detach().sum().item()

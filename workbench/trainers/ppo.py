@@ -5,13 +5,18 @@ LLM-specific parts as verl does them (verl/trainer/ppo/core_algos.py, verl/train
 
 - actor: the policy, initialised from the base model; it is what gets saved;
 - critic: the base model's transformer with a scalar value head (one value per token);
-- reference: a frozen copy of the base model (not loaded when `kl_coef` is 0); by default the KL is a loss term
-  of the actor, `kl_coef` x the low-variance k3 estimate (verl `use_kl_in_reward: False`, `kl_loss_type:
-  low_var_kl`); with `kl_in_reward` the per-token k1 KL, scaled by `kl_coef`, is subtracted from the reward;
+- reference: a frozen copy of the base model, loaded only when `kl_coef` > 0. By default there is no KL at all,
+  as in verl's PPO (ppo_trainer.yaml `use_kl_loss: false`, `use_kl_in_reward: False`; its PPO examples keep both
+  off); with `kl_coef` > 0 the KL is a loss term of the actor, `kl_coef` x the low-variance k3 estimate (verl
+  `use_kl_loss`, `kl_loss_type: low_var_kl`, 0.001 in verl's GRPO example), or with `kl_in_reward` the
+  per-token k1 KL, scaled by `kl_coef`, is subtracted from the reward;
 - reward: the recipe's verifier (`data_gen.verifiers.reward`, 1.0 correct else 0.0, `_score`), given at the
   response's final token;
 - GAE over response tokens (gamma, lam), advantages whitened over the batch's valid tokens;
-- the clipped surrogate for the actor and the clipped value loss for the critic, `ppo_epochs` passes of
+- prompts longer than `max_length - max_completion_length` tokens are left out and counted, as GRPO does
+  (verl's `data.filter_overlong_prompts`), so the two online methods train on the same prompts;
+- the clipped surrogate with verl's dual clip (`dual_clip_ratio`, 3.0) and log-ratio clamp (+-20) for the
+  actor and the clipped value loss for the critic, `ppo_epochs` passes of
   minibatches (`batch_size` sequences each) over every rollout batch; the actor steps, frees its gradients,
   then the critic does, so only one model's gradients are alive at a time.
 
@@ -33,7 +38,9 @@ from the latest. HF-generate rollouts resume exactly; vLLM's sampler is seeded o
 resumed vLLM run samples other responses from the resume on.
 
 Precision and memory: actor and critic keep float32 master weights and run under bf16 autocast when `bf16` is
-set; the reference, frozen, is held in bf16 (its log-probabilities are computed in float32); log-probabilities
+set; the reference, frozen, is held in the actor's dtype (float32) and runs under the same autocast, so before
+the first update its log-probabilities equal the actor's and the KL starts at exactly 0 (TRL builds its
+reference in the policy's dtype; verl holds both in bf16); log-probabilities
 are taken from the response positions' hidden states through the LM head in checkpointed chunks
 (`ppo_core.response_logprobs`), so no `[batch, seq, vocab]` float32 tensor is ever materialised, and the
 entropy enters the graph only when `entropy_coef` > 0.
@@ -49,13 +56,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from workbench.template import render_prompt
 from workbench.trainers import checkpoint
 from workbench.trainers import rollout as rollouts
 from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import require_columns
+from workbench.trainers.common import fit_prompts, require_columns
 from workbench.trainers.launch import all_sum, worker_device
 from workbench.trainers.ppo_core import (
     compute_gae,
@@ -95,10 +102,13 @@ class PPOConfig(TrainConfig):
     per_device_batch_size: int = Field(8, ge=1, description="Sequences per forward pass (micro-batch).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (verl ppo_epochs=1; CleanRL: 4).")
     clip_ratio: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (verl actor.clip_ratio=0.2).")
+    dual_clip_ratio: float = Field(3.0, gt=1, description="Dual clip: where the advantage is negative the policy "
+                                   "loss is capped at -A x this (verl actor.clip_ratio_c=3.0).")
     value_clip: float = Field(0.5, gt=0, description="Value clip range (verl critic.cliprange_value=0.5).")
-    kl_coef: float = Field(0.001, ge=0, description="KL coefficient (verl actor.kl_loss_coef and "
-                           "algorithm.kl_ctrl.kl_coef, both 0.001); 0 drops the KL and the reference model, "
-                           "which is verl's own default (use_kl_loss and use_kl_in_reward both False).")
+    kl_coef: float = Field(0.0, ge=0, description="KL coefficient to the base model; 0 (default) drops the KL "
+                           "and the reference model, as verl's PPO (ppo_trainer.yaml use_kl_loss: false, "
+                           "use_kl_in_reward: False). verl's value when either is turned on: 0.001 "
+                           "(actor.kl_loss_coef, algorithm.kl_ctrl.kl_coef).")
     kl_in_reward: bool = Field(False, description="Subtract kl_coef x k1 KL from the per-token reward instead of "
                                "adding kl_coef x k3 KL to the actor loss (verl algorithm.use_kl_in_reward=False).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount (verl algorithm.gamma=1.0).")
@@ -109,6 +119,9 @@ class PPOConfig(TrainConfig):
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's valid tokens.")
     max_completion_length: int = Field(1024, ge=1, description="Most response tokens "
                                        "(verl data.max_response_length in the GRPO math example).")
+    max_length: int = Field(2048, ge=8, description="Most prompt + response tokens; prompts longer than "
+                            "max_length - max_completion_length are left out and counted, as GRPO does (verl "
+                            "max_prompt_length 1024 + max_response_length 1024, filter_overlong_prompts).")
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature (verl rollout: 1.0).")
     top_p: float = Field(1.0, gt=0, le=1, description="Rollout nucleus threshold (verl rollout: 1.0).")
     reward_timeout_s: float = Field(5.0, gt=0, description="Verifier timeout per response.")
@@ -123,6 +136,14 @@ class PPOConfig(TrainConfig):
     rollout_hf_batch_size: int = Field(64, ge=1, description="Prompts per generate call (rollout_engine=hf).")
     logits_chunk_tokens: int = Field(256, ge=1, description="Response tokens whose logits exist at once when "
                                      "log-probabilities are computed ([tokens, vocab] float32 per chunk).")
+
+
+    @model_validator(mode="after")
+    def _check_lengths(self):
+        if self.max_completion_length >= self.max_length:
+            raise ValueError(f"ppo: max_completion_length={self.max_completion_length} leaves no room for the "
+                             f"prompt within max_length={self.max_length}")
+        return self
 
 
 def _score(job: TrainJob, cfg: PPOConfig, texts: list[str], answers: list[str]) -> list[float]:
@@ -155,6 +176,10 @@ def launch_problem(cfg: PPOConfig, world: int, save_steps: int) -> tuple[str, st
         return "num_workers", f"ppo: rollout_batch_size={cfg.rollout_batch_size} is not divisible by num_workers={world}"
     if minibatch % world:
         return "num_workers", f"ppo: batch_size={minibatch} sequences is not divisible by num_workers={world}"
+    share = minibatch // world
+    if share % min(cfg.per_device_batch_size, share):
+        return "batch_size", (f"ppo: batch_size={minibatch} is not a multiple of per_device_batch_size x "
+                              f"num_workers = {cfg.per_device_batch_size} x {world}")
     return None
 
 
@@ -190,8 +215,13 @@ class PPOTrainerPlugin(Trainer):
 
         tokenizer = AutoTokenizer.from_pretrained(job.base_model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        problems, answers = job.data["problem"].to_list(), job.data["answer"].to_list()
-        n_prompts, minibatch = plan(cfg, len(problems), world)
+        prompts = [render_prompt(tokenizer, p, job.template) for p in job.data["problem"].to_list()]
+        prompts, answers, too_long = fit_prompts(tokenizer, prompts, job.data["answer"].to_list(),
+                                                 cfg.max_length - cfg.max_completion_length)
+        if not prompts:
+            raise ValueError(f"ppo: every prompt is longer than max_length - max_completion_length = "
+                             f"{cfg.max_length - cfg.max_completion_length} tokens")
+        n_prompts, minibatch = plan(cfg, len(prompts), world)
         share, local_minibatch = n_prompts // world, minibatch // world
         actor, critic, ref = build_models(job.base_model, with_ref=cfg.kl_coef > 0, device=device, world=world,
                                           gradient_checkpointing=cfg.gradient_checkpointing)
@@ -199,7 +229,6 @@ class PPOTrainerPlugin(Trainer):
         engine_kind = rollouts.resolve(cfg.rollout_engine)
         engine = self.rollout_engine(engine_kind, job, cfg, actor, tokenizer, stops)
 
-        prompts = [render_prompt(tokenizer, p, job.template) for p in problems]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         iterations = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / n_prompts)
         seqs = share * cfg.samples_per_prompt  # this worker's sequences per rollout batch
@@ -217,6 +246,7 @@ class PPOTrainerPlugin(Trainer):
         if "prompt_rng" in state:
             rng.bit_generator.state = state["prompt_rng"]
         train_tokens, rollout_tokens = state.get("train_tokens", 0), state.get("rollout_tokens", 0)
+        generated_tokens = state.get("generated_tokens", 0)  # response tokens sampled (the budget ledger)
         mb, chunk = cfg.per_device_batch_size, cfg.logits_chunk_tokens
         sync_s = engine.sync(actor)  # a reused engine, or a resumed run, may hold other weights
 
@@ -299,7 +329,8 @@ class PPOTrainerPlugin(Trainer):
                         j = mb_idx[u : u + mb]
                         w = float(mask[j].sum()) / mb_tokens
                         logp, ent = logprobs(actor, j, with_entropy=cfg.entropy_coef > 0)
-                        pl_, cf = policy_loss(logp, old_logp[j], advantages[j], mask[j], cfg.clip_ratio)
+                        pl_, cf = policy_loss(logp, old_logp[j], advantages[j], mask[j], cfg.clip_ratio,
+                                              cfg.dual_clip_ratio)
                         loss = pl_
                         if kl_loss:
                             kll = masked_mean(kl_estimate(logp, ref_logp[j], "k3"), mask[j])
@@ -336,6 +367,7 @@ class PPOTrainerPlugin(Trainer):
                 float((torch.cat(entropy) * mask).sum()), int(attn.sum())))
             train_tokens += tokens * cfg.ppo_epochs
             rollout_tokens += tokens
+            generated_tokens += int(n_tok)
             if log is not None and (step % cfg.logging_steps == 0 or step == iterations):
                 log.log(step, reward=score_sum / n_seq, kl=kl_sum / max(n_tok, 1), loss=sums["policy_loss"] / n_mb,
                         **{k: v / n_mb for k, v in sums.items()}, entropy=ent_sum / max(n_tok, 1),
@@ -350,7 +382,7 @@ class PPOTrainerPlugin(Trainer):
                     tokenizer=tokenizer, keep_models=job.keep_checkpoints,
                     trainables={"critic": (critic, critic_opt, critic_sched)},
                     counters={"order": order, "prompt_rng": rng.bit_generator.state, "train_tokens": train_tokens,
-                              "rollout_tokens": rollout_tokens})
+                              "rollout_tokens": rollout_tokens, "generated_tokens": generated_tokens})
 
         engine.close()
         checkpoint.export_model(actor, tokenizer, job.model_dir)
@@ -359,7 +391,10 @@ class PPOTrainerPlugin(Trainer):
             log.close()
         return TrainResult(job.model_dir, train_tokens=train_tokens, steps=iterations,
                            extra={"rollout_tokens": rollout_tokens, "optimizer_steps": opt_steps,
+                                  "samples_generated": iterations * n_prompts * cfg.samples_per_prompt,
+                                  "generated_tokens": generated_tokens,
                                   "rollout_engine": engine_kind, "num_workers": world,
+                                  "prompts_too_long": too_long,
                                   "resumed_from_step": state["step"]})
 
     def rollout_engine(self, kind: str, job: TrainJob, cfg: PPOConfig, actor, tokenizer, stops: list[int]):

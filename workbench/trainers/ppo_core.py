@@ -51,12 +51,19 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total=None) -
     return (x - mean) * (var + eps) ** -0.5 * mask
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
-    """PPO clipped surrogate, averaged over valid tokens. Returns (loss, clipfrac)."""
-    ratio = torch.exp(logprobs - old_logprobs)
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float, clip_c: float = 3.0):
+    """PPO clipped surrogate with verl's dual clip, averaged over valid tokens. Returns (loss, clipfrac).
+
+    As verl's core_algos.compute_policy_loss: the log-ratio is clamped to [-20, 20] before exp (a token whose
+    probability moved by e^20 cannot overflow the ratio); per token max(-A r, -A clip(r, 1 +- clip)); where the
+    advantage is negative the loss is further capped at -A * clip_c (dual-clip PPO, Ye et al. 2020; verl
+    clip_ratio_c=3.0), so a token whose ratio has run far above 1 + clip cannot dominate the batch."""
+    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    clipped = torch.maximum(loss_unclipped, loss_clipped)
+    dual = torch.minimum(clipped, -advantages * clip_c)
+    loss = masked_mean(torch.where(advantages < 0, dual, clipped), mask)
     clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
     return loss, clipfrac
 
@@ -76,7 +83,8 @@ def kl_estimate(logprobs, ref_logprobs, kind: Literal["k1", "k3"]):
 
 
 def _chunk_logprobs(head, hidden, tokens, temperature: float, with_entropy: bool):
-    """log p(token) (and the entropy) for one chunk of positions: logits exist for this chunk only."""
+    """log p(token) (and the entropy) for one chunk of positions: logits exist for this chunk only. Under bf16
+    autocast the head's matmul runs in bf16; its logits are upcast to float32 before the log-softmax."""
     logits = head(hidden).float() / temperature
     lse = logits.logsumexp(-1)
     logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse

@@ -3,7 +3,10 @@ they read. `workbench/trainers/ppo.py` is the loop that uses them.
 
 - actor: the policy, float32 master weights, initialised from the base model; it is what gets saved;
 - critic: the base model's transformer with a scalar value head (one value per token), float32;
-- reference: a frozen copy of the base model in bf16 (verl's ref is bf16 too; frozen, so no update rounds away).
+- reference: a frozen copy of the base model in the actor's dtype (float32; bf16 autocast when `bf16` is set,
+  as the actor), so that before the first update it computes exactly the actor's log-probabilities and the KL
+  starts at 0 (TRL builds the reference in the policy's dtype; verl holds actor and reference both in bf16).
+  Loaded only when PPO has a KL term (`kl_coef` > 0).
 
 With N Ray Train workers (launch.py) each of the three is sharded with FSDP2 (`launch.shard`: every decoder
 layer, then the root), so weights, gradients and AdamW states are split across the workers.
@@ -32,7 +35,7 @@ class Critic(torch.nn.Module):
         """Value of the state before each response token ([B, n_response])."""
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=False).last_hidden_state[:, -n_response - 1 : -1]
-        return self.head(hidden.float()).squeeze(-1)
+        return self.head(hidden.float()).squeeze(-1)  # under autocast the head still multiplies in bf16
 
 
 def no_dropout(model):
@@ -54,7 +57,7 @@ def build_models(base_model: str, *, with_ref: bool, gradient_checkpointing: boo
     critic = no_dropout(Critic(str(base_model))).to(device)
     ref = None
     if with_ref:
-        ref = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
+        ref = AutoModelForCausalLM.from_pretrained(base_model, dtype=actor.dtype)
         ref = no_dropout(ref).to(device).requires_grad_(False).eval()
     if gradient_checkpointing:
         actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -9,11 +9,14 @@ so a token whose probability has already risen by more than clip_high since p_ol
 below that the gradient is -r_t grad log p_t (SFT's, rescaled by the ratio).
 
 The ratio is 1 when p_old is the current policy, so the clip only acts over several updates per p_old. The
-authors' verl recipe (zwhong714/PSFT, run_psft.sh) computes p_old once per 256-prompt batch and then takes 8
-optimizer steps on 32-prompt mini-batches, clip 0.2 / 0.28, token-mean. Here p_old is a frozen copy of the
-model refreshed every `old_policy_every` optimizer steps (default 8, the same 8 updates per p_old); the
+authors' verl recipe (zwhong714/PSFT, verl/recipe/psft/run_psft.sh) computes p_old once per batch and then takes
+8 optimizer steps on its mini-batches, clip 0.2 / 0.28, token-mean: 64-prompt batches of 8-prompt mini-batches in
+the LIMO version of the script (commit bd20b49), 256 of 32 in the OpenR1 version (commit 52f4c7e); both 8
+updates per p_old. (Their `clip_ratio_c=10.0` never acts: every advantage is +1.) Here p_old is a frozen copy of
+the model refreshed every `old_policy_every` optimizer steps (default 8, the same 8 updates per p_old); the
 batches in between are fresh data rather than mini-batches of one big batch, which is the one assumption
-beyond the authors' code. Costs a second forward pass per micro-batch and a second copy of the weights.
+beyond the authors' code; batch sizes are the recipe's. Costs a second forward pass per micro-batch and a
+second copy of the weights.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import train_token_loss
+from workbench.trainers.common import batch_problem, train_token_loss
 
 
 class SFTFamilyConfig(TrainConfig):
@@ -49,6 +49,7 @@ class SFTTrainerPlugin(Trainer):
     name: ClassVar[str] = "sft"
     consumes: ClassVar[str] = "demonstrations"
     Config: ClassVar[type[TrainConfig]] = SFTConfig
+    check_launch = staticmethod(batch_problem)  # batch_size vs micro-batch x workers, at load
     distributed: ClassVar[bool] = True  # N workers: FSDP2 (launch.py)
     checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py)
 

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from workbench.trainers.base import TrainConfig, Trainer, TrainJob, TrainResult
-from workbench.trainers.common import train_token_loss
+from workbench.trainers.common import batch_problem, train_token_loss
 from workbench.trainers.sft import SFTFamilyConfig
 
 
@@ -22,9 +22,11 @@ class VariantConfig(SFTFamilyConfig):
         "positives", description="Data set to train on: `positives` (verified-correct samples, Table 2) or "
         "`demonstrations` (gold solutions, Table 1)."
     )
-    kl_weight: float = Field(0.0, ge=0, description="ASFT anchor (arXiv 2509.23753): add kl_weight x "
-                             "KL(model || base) per response token (0: off; a second forward pass of the base "
-                             "model, full logits).")
+    kl_weight: float = Field(0.0, ge=0, description="ASFT anchor (arXiv 2509.23753): add kl_weight x KL per "
+                             "response token (0: off; a second forward pass of the base model, full logits).")
+    kl_direction: Literal["forward", "reverse"] = Field(
+        "forward", description="Direction of the ASFT KL: forward = KL(base || model), the ASFT authors'; "
+        "reverse = KL(model || base).")
 
 
 class VariantTrainer(Trainer):
@@ -32,6 +34,7 @@ class VariantTrainer(Trainer):
 
     consumes: ClassVar[str] = "positives"
     kind: ClassVar[str]
+    check_launch = staticmethod(batch_problem)  # batch_size vs micro-batch x workers, at load
     distributed: ClassVar[bool] = True  # N workers: FSDP2 (launch.py), as for DFT
     checkpoints: ClassVar[bool] = True  # save_steps, resume (checkpoint.py); keep_checkpoints feeds the curves
 
