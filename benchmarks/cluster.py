@@ -60,8 +60,10 @@ def recover(cluster: LocalCluster, recipe: str, out: Path, entry: str, max_steps
     sets = ["ray.placement=SPREAD", "ray.max_failures=2", "train[0].num_workers=2", "train[0].cpus_per_worker=1",
             "train[0].save_steps=2", f"train[0].max_steps={max_steps}"]
     cmd = [str(BIN / "workbench"), "run", recipe, "--out", str(out), "--set", f"ray.address={cluster.address}"]
-    proc = subprocess.Popen(cmd + [x for s in sets for x in ("--set", s)], env={**os.environ, **ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = out.parent / "healing.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd + [x for s in sets for x in ("--set", s)], env={**os.environ, **ENV},
+                                stdout=log, stderr=subprocess.STDOUT)
     partial = out / "train" / f".partial-{entry}"
     killed = restarted = resumed = None
     while proc.poll() is None:
@@ -76,7 +78,7 @@ def recover(cluster: LocalCluster, recipe: str, out: Path, entry: str, max_steps
         elif restarted and resumed is None and any(r["step"] == step + 1 for r in rows(partial / "metrics.jsonl")):
             resumed = now
         time.sleep(0.1)
-    log = proc.stdout.read()
+    log = log_path.read_text()
     if proc.returncode or None in (killed, restarted, resumed):
         raise SystemExit(f"the healing run did not go as planned (rc {proc.returncode}, killed {killed}, "
                          f"restarted {restarted}, resumed {resumed}):\n{log[-3000:]}")

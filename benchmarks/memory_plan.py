@@ -7,6 +7,7 @@ for the same entry, their ratio and the plan's parts:
 
     .venv/bin/python benchmarks/memory_plan.py                 # every case, one after the other
     .venv/bin/python benchmarks/memory_plan.py --cases dft-ckpt,ppo --threads 2
+    .venv/bin/python benchmarks/memory_plan.py --from-log OLD_OUTPUT   # today's estimates for measured peaks
 
 A case runs `plugin().train(job, cfg)` exactly as the train stage does (no Ray: one process). Its first line
 of output is the runtime baseline: a process that imported torch, transformers, TRL and the trainers.
@@ -59,7 +60,10 @@ def data(algorithm: str, tokenizer, cfg):
 
     n = 8
     if algorithm in ("grpo", "ppo"):
-        budget = cfg.max_length - cfg.max_completion_length - 40  # the template's own tokens
+        from workbench.template import TemplateConfig, render_prompt
+
+        template = len(tokenizer(render_prompt(tokenizer, "", TemplateConfig()), add_special_tokens=False)["input_ids"])
+        budget = cfg.max_length - cfg.max_completion_length - template - 8  # the template's own tokens
         problem = tokenizer.decode(tokenizer(TEXT, add_special_tokens=False)["input_ids"][:budget])
         return pl.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "problem": [f"{i}. {problem}" for i in range(n)],
                              "answer": ["5"] * n})
@@ -133,6 +137,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--from-log", help="a previous run's output: its measured peaks against today's estimates "
+                    "(after a formula changed; nothing is trained)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="/tmp/memory-plan-bench", help="scratch folder for the trained models")
     args = ap.parse_args()
@@ -146,6 +152,20 @@ def main() -> None:
                 args.one, resolve_model("smollm2-135m"), args.threads, Path(tmp) / "t")
             result["peak_gib"] = peak_rss() / 2**30
         print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.from_log:
+        import re
+
+        from workbench.memory_plan import GIB
+        from workbench.models import resolve_model
+
+        ratios = []
+        for case, measured in re.findall(r"^(\S+)\s+measured ([\d.]+) GiB", Path(args.from_log).read_text(), re.M):
+            plan = estimate(case, resolve_model("smollm2-135m"))
+            ratios.append(plan.total / GIB / float(measured))
+            print(f"{case:10s} measured {float(measured):.2f} GiB  estimate {plan.total / GIB:.2f} GiB  "
+                  f"ratio {ratios[-1]:.2f}\n           {plan.line()}")
+        print(f"estimate / measured: min {min(ratios):.2f}, max {max(ratios):.2f} over {len(ratios)} cases")
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}

@@ -21,9 +21,10 @@ class ToyTaskConfig(Section):
 
 
 class PromptsConfig(Section):
-    source: Literal["toy", "toy-code", "hf", "file"] = Field(
+    source: Literal["toy", "toy-code", "smol", "hf", "file"] = Field(
         "toy", description="Where prompts come from: the toy task, the toy code task (data_gen/code_tasks.py; "
-        "grade it with verify.verifier: code), a Hugging Face dataset id, or a local file."
+        "grade it with verify.verifier: code), the SmolLM2-sized arithmetic task (data_gen/smol_tasks.py), "
+        "a Hugging Face dataset id, or a local file."
     )
     hf_id: str | None = Field(None, description="Hugging Face dataset id (source=hf), e.g. AI-MO/NuminaMath-CoT.")
     hf_subset: str | None = Field(None, description="Dataset configuration name, if it has several.")

@@ -4,6 +4,7 @@
 rows skipped per reason. Sources:
 
 - `toy`: the synthetic arithmetic task (data_gen/toy.py); `max_prompts` says how many to draw.
+- `smol`: arithmetic sized for SmolLM2-135M (data_gen/smol_tasks.py); `max_prompts` of them, or all.
 - `hf`: a Hugging Face dataset (`datasets.load_dataset(hf_id, hf_subset, split=...)`).
 - `file`: a local .jsonl or .parquet file.
 
@@ -115,6 +116,10 @@ def load_prompts(cfg: PromptsConfig, seed: int) -> tuple[pl.DataFrame, dict]:
         df = df.with_columns(*(pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
                                for c, t in COLUMNS.items())).select(list(COLUMNS))
         return df, {"no_problem": 0, "no_answer": 0, "duplicate": 0}
+    if cfg.source == "smol":  # every training-split prompt when max_prompts is unset (the sweep's pool)
+        from data_gen.smol_tasks import smol_prompts
+
+        return smol_prompts(cfg.max_prompts, seed), {"no_problem": 0, "no_answer": 0, "duplicate": 0}
     if cfg.source == "file":
         if not cfg.path:
             raise PromptsError("prompts.path: required with source=file")

@@ -24,12 +24,14 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 
 from data_gen.code_tasks import humaneval_style_rows, toy_code_benchmark_rows
 from data_gen.io import last_boxed, read_rows
+from data_gen.smol_tasks import smol_benchmark_rows
 
 
 class BenchmarkError(ValueError):
@@ -200,6 +202,11 @@ TOY_LONG = Benchmark("toy-long", toy=True)
 TOY_BIG = Benchmark("toy-big", toy=True)
 TOY_CODE = Benchmark("toy-code", rows=toy_code_benchmark_rows, verifier="code")
 HUMANEVAL_STYLE = Benchmark("humaneval-style", rows=humaneval_style_rows, id_field="task_id", verifier="code")
+# SmolLM2-sized arithmetic (data_gen/smol_tasks.py): answers in plain text, graded by math-verify
+SMOL_ID = Benchmark("smol-id", rows=partial(smol_benchmark_rows, "smol-id"))
+SMOL_BIG = Benchmark("smol-big", rows=partial(smol_benchmark_rows, "smol-big"))
+SMOL_CHAIN = Benchmark("smol-chain", rows=partial(smol_benchmark_rows, "smol-chain"))
+SMOL_WORDS = Benchmark("smol-words", rows=partial(smol_benchmark_rows, "smol-words"))
 
 REAL_BENCHMARKS = [MATH500, MINERVA_MATH, OLYMPIADBENCH, AIME24, AMC23, GSM8K]
 

@@ -160,15 +160,17 @@ def compare(runs: list[Run], samples: int = 2000) -> tuple[list[list[str]], list
                     row += ["-", "-"]
                     continue
                 boot, n, seeds_paired = result
+                mark = ""
                 if n < max(frame.height, frames[0].height):
                     partial.add(f"{b} ({r.label} vs {ref.label}: {n} shared of {frame.height} and "
                                 f"{frames[0].height})")
+                    mark = " †"
                 if not seeds_paired:
                     unpaired.add(f"{r.label} ({len(r.seeds)} seed(s)) vs {ref.label} ({len(ref.seeds)})")
-                row += [f"{100 * boot['difference']:+.2f} [{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}]",
+                row += [f"{100 * boot['difference']:+.2f} [{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}]{mark}",
                         f"{boot['p_value']:.4f}"]
             rows.append(row)
-    notes += [f"differences over the shared problems only: {p}" for p in sorted(partial)]
+    notes += [f"† differences over the shared problems only: {p}" for p in sorted(partial)]
     notes += [f"seed counts differ, {u}: each problem averaged over seeds first, so that difference's interval "
               "covers the problems, not the seed variance" for u in sorted(unpaired)]
     for r in others:

@@ -40,9 +40,9 @@ details summary { cursor: pointer; color: #1f5fa8; margin: 4px 0; }
 code { background: #f1f4f7; padding: 0 3px; }
 """
 
-CELL = re.compile(r"^(?P<v>[-+]?\d+(?:\.\d+)?)(?: \[(?P<lo>[^\]]+)\])?(?P<sig> \*)?$")
+CELL = re.compile(r"^(?P<v>[-+]?\d+(?:\.\d+)?)(?: \[(?P<lo>[^\]]+)\])?(?P<sig> \*)?(?P<dag> †)?$")
 BOLD = re.compile(r"^\*\*(?P<b>[^*]+)\*\*(?P<rest>.*)$")
-NUMERIC = re.compile(r"[-+*\d.,\[\]/()% e]+")
+NUMERIC = re.compile(r"[-+*\d.,\[\]/()% e†]+")
 
 
 def esc(value) -> str:
@@ -72,6 +72,8 @@ def cell_html(text: str) -> str:
         out += f' <span class="ci">[{esc(m["lo"])}]</span>'
     if m["sig"]:
         out += ' <span class="sig" title="differs significantly from the reference">*</span>'
+    if m["dag"]:
+        out += ' <span class="note" title="over the shared problems only">†</span>'
     return out
 
 
@@ -95,7 +97,7 @@ def table(header: list[str], rows: list[list], raw: bool = False) -> str:
 
 
 def markdown(text: str) -> str:
-    """The markdown our reports write (bold title lines, pipe tables, paragraphs) as HTML."""
+    """The markdown our reports write (bold title lines, pipe tables, `- ` lists, paragraphs) as HTML."""
     out = []
     for block in re.split(r"\n\s*\n", text.strip()):
         lines = [line for line in block.splitlines() if line.strip()]
@@ -103,7 +105,8 @@ def markdown(text: str) -> str:
             split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
             rows = [r for r in split[1:] if not all(set(c) <= set("-: ") for c in r)]
             out.append(table(split[0], rows))
-        elif lines and all(line.startswith("- ") for line in lines[1:]):  # a paragraph, then a list
+        elif lines and any(line.startswith("- ") for line in lines) and \
+                all(line.startswith("- ") for line in lines[1:]):  # a list, maybe under a paragraph
             head = "" if lines[0].startswith("- ") else f'<p class="caption">{inline_md(lines[0])}</p>'
             items = lines if not head else lines[1:]
             out.append(head + "<ul>" + "".join(f"<li>{inline_md(i[2:])}</li>" for i in items) + "</ul>")

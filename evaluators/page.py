@@ -4,8 +4,10 @@ Sections, in this order, each only when the run has its inputs (nothing is shown
 
     headline     table2.md's tables (Average@k per method x benchmark, intervals, significance marks,
                  each method minus the reference, ours beside the paper's numbers) and table2.png
-    tuning       report/tuning.csv and every tune/<entry>/trials.csv (all their columns)
-    budget       report/costs.csv (the ledger), budget.png (performance against budget), budget.md, budget.csv
+    tuning       table2.md's tuning part (trials, validation scores +- standard errors, the choice, edge
+                 flags) and report/tuning.csv (every column), when the recipe sweeps
+    budget       table2.md's budget ledger and report/costs.csv (every column), budget.png (performance
+                 against budget), budget.md, budget.csv
     curves       report/curves.png and curves.csv (the paper's Figure 1)
     token-probs  report/token_probs.png and token_probs.md (Figure 2)
     other        any other PNG, CSV or markdown file in report/ that no section above shows
@@ -34,22 +36,30 @@ from evaluators.html import csv_table, document, esc, figure, fmt, markdown, tab
 PAGE = "index.html"
 SHOWN = {"table2.md", "table2.png", "table2.csv", "table2_seeds.csv", "significance.csv", "tuning.csv",
          "costs.csv", "budget.csv", "budget.png", "budget.md", "curves.png", "curves.csv", "token_probs.png",
-         "token_probs.csv", "token_probs.md"}
-OWN_SECTIONS = ("**Tuning", "**Costs", "**Budget")  # table2.md parts shown from their CSV files instead
+         "token_probs.csv", "token_probs.md", "spread.csv"}
+OWN_SECTIONS = ("**Tuning", "**Costs", "**Budget")  # table2.md parts shown in their own sections
 FOLDED = ("**Each method minus",)  # table2.md parts shown folded under the headline
 EXAMPLES = 3  # example positives and pairs shown
 CUT = 1500  # characters of one example text shown
 
 
 def report_parts(text: str) -> list[str]:
-    """table2.md cut into its parts: a title paragraph with the table under it (or a lone paragraph)."""
+    """A report markdown file cut into its parts: each starts at a bold title paragraph and holds what follows
+    it (its table, its list of flags) up to the next title."""
     parts: list[str] = []
     for block in (b.strip() for b in text.split("\n\n")):
-        if block.startswith("|") and parts and not parts[-1].lstrip().startswith("|") and "\n|" not in parts[-1]:
+        if parts and block and not block.startswith("**"):
             parts[-1] += "\n\n" + block
         elif block:
             parts.append(block)
     return parts
+
+
+def md_parts(path: Path, prefixes: tuple[str, ...]) -> str:
+    """The parts of a report markdown file whose title starts with one of `prefixes`, as HTML ("" if none)."""
+    if not path.is_file():
+        return ""
+    return markdown("\n\n".join(p for p in report_parts(path.read_text()) if p.startswith(prefixes)))
 
 
 def headline(report: Path) -> str | None:
@@ -73,21 +83,28 @@ def headline(report: Path) -> str | None:
     return body
 
 
-def tuning(report: Path, run_dir: Path) -> str | None:
+def tuning(report: Path) -> str | None:
+    """The report's tuning table (every trial, validation score +- standard error, the choice, edge flags),
+    then tuning.csv with every column it has."""
     if not (report / "tuning.csv").is_file():
         return None
-    body = '<p class="caption">Per method: trials on the validation split and the values chosen for every ' \
-           'seed (tuning.csv).</p>' + csv_table(report / "tuning.csv")
-    for trials in sorted(run_dir.glob("tune/*/trials.csv")):
-        body += f"<h3>{esc(trials.parent.name)}: every trial</h3>" + csv_table(trials)
-    return body
+    body = md_parts(report / "table2.md", ("**Tuning",))
+    csv = csv_table(report / "tuning.csv")
+    if not body:
+        return '<p class="caption">Every trial on the validation split (tuning.csv)</p>' + csv
+    return body + "<details><summary>every column (tuning.csv)</summary>" + csv + "</details>"
 
 
 def budget(report: Path) -> str | None:
     """The ledger (what each method spent), the performance-against-budget figure, its notes and points."""
     parts = []
+    ledger = md_parts(report / "table2.md", ("**Budget", "**Costs"))
     if (report / "costs.csv").is_file():
-        parts.append('<p class="caption">What each method spent (costs.csv)</p>' + csv_table(report / "costs.csv"))
+        csv = csv_table(report / "costs.csv")
+        parts.append(ledger + "<details><summary>every column (costs.csv)</summary>" + csv + "</details>"
+                     if ledger else '<p class="caption">What each method spent (costs.csv)</p>' + csv)
+    elif ledger:
+        parts.append(ledger)
     if (report / "budget.png").is_file():
         parts.append(figure(report / "budget.png", "Performance against budget"))
     if (report / "budget.md").is_file():
@@ -199,9 +216,9 @@ def code_commit() -> str:
     """The workbench checkout's commit, `+ uncommitted changes` when tracked files differ from it."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=False, capture_output=True,
                               text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, check=False,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
@@ -265,7 +282,7 @@ def write_page(run_dir: Path, report_dir: Path | None = None, recipe: dict | Non
         raise FileNotFoundError(f"page: {report} is not a folder (has the report stage run?)")
     name = name or (recipe or {}).get("run", {}).get("name") or run_dir.name
     sections = [("headline", "Results", headline(report)),
-                ("tuning", "Tuning", tuning(report, run_dir)),
+                ("tuning", "Tuning", tuning(report)),
                 ("budget", "Budget", budget(report)),
                 ("curves", "Learning curves", curves(report)),
                 ("token-probs", "Token probabilities", token_probs(report)),

@@ -81,7 +81,8 @@ def test_runs_on_partly_shared_problems_pair_only_those(tmp_path):
     rows, _, notes = compare([load_run(a), load_run(b)], samples=200)
     # shared problems 0-3: a has 0-3 correct, b has 0-1 correct -> b - a = -50 points
     assert rows[0][4].startswith("-50.00")
-    assert any("shared problems only: toy-id (b vs a: 4 shared of 4 and 8)" in n for n in notes)
+    assert rows[0][4].endswith(" †")
+    assert any("† differences over the shared problems only: toy-id (b vs a: 4 shared of 4 and 8)" in n for n in notes)
 
 
 def test_no_shared_method_or_one_run_is_one_clear_error(tmp_path):
@@ -100,14 +101,14 @@ def test_cli_prints_markdown_and_writes_the_html_page(two_runs, tmp_path):
     a, b = two_runs
     page = tmp_path / "out" / "compare.html"
     out = subprocess.run([WORKBENCH, "compare", str(a), str(b), "--html", str(page), "--samples", "300"],
-                         capture_output=True, text=True, timeout=120)
+                         check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| dft | toy-id | 60.00 [50.0, 70.0] |" in out.stdout
     assert "Left out" in out.stdout and f"comparison page: {page}" in out.stdout
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "http" not in html.split("</style>")[1]
     assert "<li>left out: method(s) sft of quick" in html
-    missing = subprocess.run([WORKBENCH, "compare", str(a), str(tmp_path / "nope")], capture_output=True, text=True)
+    missing = subprocess.run([WORKBENCH, "compare", str(a), str(tmp_path / "nope")], check=False, capture_output=True, text=True)
     assert missing.returncode != 0 and "is not a run directory" in missing.stdout + missing.stderr
 
 

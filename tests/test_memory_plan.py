@@ -69,7 +69,10 @@ def test_a_run_is_refused_before_any_stage_unless_forced(monkeypatch, tmp_path):
         pipe.run("train")
     assert not (tmp_path / "big" / "prompts").exists()  # nothing ran
     lines = check_recipe(recipe, None, [s for s in pipe.stages if s.name == "train/huge"], force=True)
-    assert lines[-1].startswith("memory plan, forced past: train[0] huge:")
+    assert len(lines) == 1 and lines[0].startswith("memory plan, forced past: train[0] huge: ~")
+    small = parse_recipe({**big, "train": [{"name": "s", "algorithm": "dft", "batch_size": 8}]}, "small.yaml")
+    (line,) = check_recipe(small, None, pipeline.Pipeline(small).stages)
+    assert line.startswith("memory plan: 3 to run fit; the fullest, ") and "GiB per process of" in line
 
 
 def test_dry_run_prints_the_plan_per_entry():

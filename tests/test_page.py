@@ -24,7 +24,21 @@ TABLE2_MD = """**Average@2 (%)**, 95% bootstrap interval over problems in bracke
 | --- | --- | ---: | ---: | ---: | ---: | ---: |
 | base | toy-id | -20.00 | [-35.0, -5.0] | 0.0100 | 0.0100 | yes |
 
-**Costs**
+**Ours vs the paper's Table 2** (ours / paper (difference), percent)
+
+| method | math500 | average |
+| --- | ---: | ---: |
+| dft | 45.00 / 64.71 (-19.71) | 45.00 / 35.43 (+9.57) |
+
+**Tuning** (every trial on the validation split)
+
+| method | trial | values | validation |
+| --- | --- | --- | ---: |
+| dft | 0 | {"learning_rate": 0.001} | 41.50 +- 2.10 |
+
+- dft: the chosen {"learning_rate": 0.001} is still at the low edge of what was searched.
+
+**Budget ledger** (mean over seeds)
 
 | method | samples generated |
 | --- | ---: |
@@ -65,10 +79,6 @@ def full_run(tmp_path):
     pl.DataFrame({"method": ["dft"], "trials": [3], "chosen": ['{"learning_rate": 0.001}'],
                   "validation_avg_at_k": [41.5], "validation_se": [2.1], "at_edge": [False]}).write_csv(
         report / "tuning.csv")
-    trials = run / "tune" / "dft"
-    trials.mkdir(parents=True)
-    pl.DataFrame({"trial": [0, 1, 2], "values": ["a", "b", "c"], "validation_avg_at_k": [0.3, 0.41, 0.2]}).write_csv(
-        trials / "trials.csv")
     pl.DataFrame({"method": ["dft"], "samples": [64], "flops": [2.0e12]}).write_csv(report / "budget.csv")
     for name in ("budget", "curves", "token_probs", "extra_figure"):
         png(report / f"{name}.png", name)
@@ -107,18 +117,21 @@ def test_every_section_in_order_escaped_and_self_contained(full_run):
     assert "http://example.com" in html and "&lt;script&gt;" in html  # the hostile text, shown escaped
     assert "&lt;/pre&gt;&lt;b&gt;3&lt;/b&gt;" in html
     assert "validation_se" in html and "at_edge" in html  # tuning.csv: every column, as it comes
-    assert "flops" in html and "<h3>dft: every trial</h3>" in html
+    assert "flops" in html
+    sections = {k: html.split(f'<section id="{k}">')[1].split("</section>")[0] for k in SECTIONS}
+    assert "still at the low edge" in sections["tuning"] and "41.50 +- 2.10" in sections["tuning"]
+    assert "Budget ledger" in sections["budget"] and "samples generated" in sections["budget"]
     assert "28.12%" in html and "status: no_answer" in html  # pass@1 and verifier statuses
     assert "Each method minus dft" in html and '<span class="sig"' in html
-    headline = html.split('<section id="headline">')[1].split("</section>")[0]
-    assert "samples generated" not in headline  # table2.md's costs show from costs.csv, in budget
+    assert not any(w in sections["headline"] for w in ("samples generated", "low edge"))  # in their sections
+    assert "Ours vs the paper" in sections["headline"] and "45.00 / 64.71 (-19.71)" in sections["headline"]
     assert "toy:arith" in html and "413d36d4" in html and "2.13.0+cpu" in html
 
 
 def test_sections_without_inputs_are_left_out(tmp_path):
     run = tmp_path / "bare"
     (run / "report").mkdir(parents=True)
-    (run / "report" / "table2.md").write_text(TABLE2_MD)
+    (run / "report" / "table2.md").write_text(TABLE2_MD.split("**Tuning")[0])  # no tuning, no ledger
     html = write_page(run).read_text()
     assert section_ids(html) == ["headline", "provenance"]
     assert "<img " not in html
@@ -201,3 +214,17 @@ def test_smoke_runs_page_renders_in_chromium(smoke_run, full_run, tmp_path):
         from PIL import Image
 
         assert len(Image.open(shot).convert("RGB").getcolors(1 << 20) or []) > 50  # not blank
+
+
+def test_cli_report_names_the_page_of_a_run_directory(full_run, tmp_path):
+    import subprocess
+    import sys
+
+    workbench = str(Path(sys.executable).parent / "workbench")
+    out = subprocess.run([workbench, "report", str(full_run)], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == f"report page: {(full_run / 'report' / PAGE).resolve()}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run([workbench, "report", str(empty), "--open"], check=False, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "no report/table2.md" in bad.stdout + bad.stderr

@@ -149,7 +149,7 @@ def test_killed_for_memory_retries_once_alone_then_reports(tmp_path, monkeypatch
     pipe = Pipeline(recipe)
     calls = []
 
-    def fake_launch(entry, train_fn, *args, out_dir, trainer_cls=None):
+    def fake_launch(entry, train_fn, *args, out_dir, trainer_cls=None, **_):
         finished = sorted(p.parent.name for p in (tmp_path / "t" / "train").glob("*/manifest.json"))
         calls.append((entry.name, finished))
         oom = entry.name == "c" or (entry.name == "a" and [c[0] for c in calls].count("a") == 1)

@@ -46,7 +46,7 @@ from pathlib import Path
 GIB = 2**30
 FSDP = {"sft", "rft", "dft", "pk", "profit", "iwsft", "psft", "anneal", "ppo"}  # sharded states; dpo/grpo: DDP
 TILE_TOKENS, TILE_VOCAB = 4096, 32768  # TRL 1.16 kernels/chunked_logprob.py: TOKEN_CHUNK_SIZE, the vocab chunk
-CPU_RUNTIME_GB = {"default": 0.9, "dpo": 1.3, "grpo": 1.3}  # resident before any model: python, torch, (TRL)
+CPU_RUNTIME_GB = 0.5  # resident before any model: python, torch, transformers, TRL, a tokenizer (measured 0.50)
 GPU_RUNTIME_GB = 1.5  # CUDA context, NCCL buffers and allocator slack: an assumption until a GPU measures it
 VLLM_CPU_RUNTIME_GB = 1.0  # an in-process vLLM engine beyond its weights and KV cache (resources.VLLM_PROCESS_GB
 #                            counts a whole process; here python and torch are the trainer's already)
@@ -212,7 +212,7 @@ def train_plan(entry, index: int, shape: dict, on_gpu: bool, gpu_gb: float | Non
             fixes["vLLM"] = "lower its gpu_memory_utilization"
         else:
             parts["vLLM"] = 2 * P + cfg.rollout_kv_cache_gb * GIB + VLLM_CPU_RUNTIME_GB * GIB
-    parts["runtime"] = (GPU_RUNTIME_GB if on_gpu else CPU_RUNTIME_GB.get(algo, CPU_RUNTIME_GB["default"])) * GIB
+    parts["runtime"] = (GPU_RUNTIME_GB if on_gpu else CPU_RUNTIME_GB) * GIB
     return Plan(f"train[{index}] {entry.name}", on_gpu, parts, notes, fixes)
 
 
@@ -354,11 +354,16 @@ def check_recipe(recipe, base_model: str | None, stages, force: bool = False) ->
         plans = recipe_plans(recipe, folder, gpu_gb, stages)
     except ValueError as exc:
         return [f"memory plan: {exc} (not checked)"]
-    lines = [f"memory plan: {p.line()}" for p in plans]
+    if not plans:
+        return []
+    cpu_gb = machine_memory_gb()
     try:
-        check_plans(plans, gpu_gb, machine_memory_gb())
+        check_plans(plans, gpu_gb, cpu_gb)
     except MemoryPlanError as exc:
         if not force:
             raise
-        lines.append(f"memory plan, forced past: {exc}")
-    return lines
+        return [f"memory plan, forced past: {exc}"]
+    big = max(plans, key=lambda p: p.total / ((gpu_gb if p.on_gpu else cpu_gb) or 1))
+    cap = gpu_gb if big.on_gpu else cpu_gb
+    return [f"memory plan: {len(plans)} to run fit; the fullest, {big.where}, ~{big.total / GIB:.1f} GiB {big.unit}"
+            + (f" of {cap:.0f} GiB" if cap else " (GPU size unknown: set ray.gpu_memory_gb)")]

@@ -92,11 +92,10 @@ def train_memory_gb(entry, base_model: str) -> float:
     try:
         shape = model_shape(str(base_model), str(base_model))
     except ValueError:  # a hub model not downloaded yet: the runtime alone
-        return CPU_RUNTIME_GB["default"]
+        return CPU_RUNTIME_GB
     if worker_resources(entry)[1] > 0:
         trainable, frozen = models_of(entry)
-        runtime = CPU_RUNTIME_GB.get(entry.algorithm, CPU_RUNTIME_GB["default"])
-        return round(runtime + 4 * shape["params"] * (trainable + len(frozen)) / GIB, 2)
+        return round(CPU_RUNTIME_GB + 4 * shape["params"] * (trainable + len(frozen)) / GIB, 2)
     return round(train_plan(entry, 0, shape, on_gpu=False).total / GIB, 2)
 
 
