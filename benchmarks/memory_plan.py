@@ -1,9 +1,10 @@
 """Calibrate the memory plan (workbench/memory_plan.py) against measured peaks on this machine's CPU.
 
-Runs each trainer for one optimizer step (PPO: one iteration) on SmolLM2-135M (float32 on CPU) in a process of its own, with data
-that fills `max_length` (long responses; prompts near the online methods' prompt budget, completions forced to
-`max_completion_length`), reads the process's peak resident set (`ru_maxrss`), and prints the plan's estimate
-for the same entry, their ratio and the plan's parts:
+Runs each trainer for two optimizer steps (PPO: iterations; in the second AdamW's moments are alive during the
+forward and backward passes, as in every later step) on SmolLM2-135M (float32 on CPU) in a process of its own,
+with data that fills `max_length` (long responses; prompts near the online methods' prompt budget, completions
+forced to `max_completion_length`), reads the process's peak resident set (`ru_maxrss`), and prints the plan's
+estimate for the same entry, their ratio and the plan's parts:
 
     .venv/bin/python benchmarks/memory_plan.py                 # every case, one after the other
     .venv/bin/python benchmarks/memory_plan.py --cases dft-ckpt,ppo --threads 2
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 TEXT = ("Let x be the number of apples. Then 3x + 7 = 22, so 3x = 15 and x = 5. We check: 3 * 5 + 7 = 22. "
         "Therefore the answer is \\boxed{5}. ") * 60
-BASE = {"max_steps": 1, "learning_rate": 1e-5, "lr_scheduler": "constant", "warmup_ratio": 0.0, "max_length": 384}
+BASE = {"max_steps": 2, "learning_rate": 1e-5, "lr_scheduler": "constant", "warmup_ratio": 0.0, "max_length": 384}
 RL = {"max_completion_length": 128}
 CASES = {
     "sft": ("sft", {"batch_size": 4, "per_device_batch_size": 4, "gradient_checkpointing": False}),
@@ -160,7 +161,7 @@ def main() -> None:
         from workbench.models import resolve_model
 
         ratios = []
-        for case, measured in re.findall(r"^(\S+)\s+measured ([\d.]+) GiB", Path(args.from_log).read_text(), re.M):
+        for case, measured in re.findall(r"^(\S+)\s+measured ([\d.]+) GiB", Path(args.from_log).read_text(), re.MULTILINE):
             plan = estimate(case, resolve_model("smollm2-135m"))
             ratios.append(plan.total / GIB / float(measured))
             print(f"{case:10s} measured {float(measured):.2f} GiB  estimate {plan.total / GIB:.2f} GiB  "

@@ -75,3 +75,15 @@ def test_benchmarks_are_registered_pinned_and_answers_right():
     assert smol_benchmark_rows("smol-words", 5) == smol_benchmark_rows("smol-words")[:5]
     with pytest.raises(ValueError, match="unknown smol benchmark"):
         smol_benchmark_rows("smol-nope")
+
+
+def test_the_recipe_uses_the_task_and_its_benchmarks():
+    from pathlib import Path
+
+    from workbench.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "compare-smollm2.yaml")
+    assert recipe.prompts.source == "smol" and recipe.verify.verifier == "math"
+    names = [b if isinstance(b, str) else b.name for b in recipe.evaluate.benchmarks]
+    assert names[0] == "smol-id" and len(names) >= 3 and all(n in SMOL_BENCHMARKS for n in names)
+    assert {e.algorithm for e in recipe.train} >= {"dft", "rft", "dpo", "ppo", "grpo", "sft"}
