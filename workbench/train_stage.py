@@ -9,6 +9,7 @@ workbench/budget.py: samples, generated / trained / forwarded tokens, FLOPs, wal
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -194,7 +195,7 @@ def train_now(recipe, entry, base_model: str, build_dir: Path, out: Path, seed: 
 
     from workbench.console import LOG_NAME, logged
     from workbench.registry import get_trainer
-    from workbench.resources import node_memory_gb, with_memory
+    from workbench.resources import memory_kill, node_memory_gb, with_memory
     from workbench.trainers.launch import launch
 
     entry, _ = with_memory(entry, base_model, node_memory_gb())
@@ -205,6 +206,17 @@ def train_now(recipe, entry, base_model: str, build_dir: Path, out: Path, seed: 
     ref = launch(entry, partial(logged, train_entry, Path(out) / LOG_NAME), entry, recipe.template, base_model,
                  build_dir, Path(out), seed, tuple(recipe.run.report_to), recipe.verify, out_dir=Path(out),
                  trainer_cls=get_trainer(entry.algorithm))
-    counts = ray.get(ref)
+    try:
+        counts = ray.get(ref)
+    except Exception as exc:  # killed for memory: once more (nothing else of ours runs now)
+        if memory_kill(exc) is None:
+            raise
+        console.print(f"[yellow]![/] {out.name} of {entry.name} was killed for memory; it runs once more",
+                      highlight=False)
+        shutil.rmtree(out, ignore_errors=True)
+        Path(out).mkdir(parents=True)
+        counts = ray.get(launch(entry, partial(logged, train_entry, Path(out) / LOG_NAME), entry, recipe.template,
+                                base_model, build_dir, Path(out), seed, tuple(recipe.run.report_to), recipe.verify,
+                                out_dir=Path(out), trainer_cls=get_trainer(entry.algorithm)))
     console.print(f"[green]✓[/] {entry.name} extension trial trained ({time.time() - t0:.1f}s)")
     return counts
