@@ -21,7 +21,9 @@ width; `n` = num_workers for the FSDP2 trainers, whose states are sharded, 1 for
     logits           full logits (the SFT-family loop on CPU, or with a reference / old model): tokens x V x 16 B
                      (logits, their log-softmax, two gradients), + 16 B with the ASFT KL, + 8 B for a reference's
                      or old policy's log-probabilities; TRL's tiled LM head (DPO, GRPO, the SFT loop on GPUs):
-                     3 tiles of min(tokens, 4096) x min(V, 32768); PPO: its chunks, 4 x logits_chunk_tokens x V x 4 B
+                     tiles of min(tokens, 4096) x min(V, 32768), 3 on a GPU (Triton kernels; assumed), 9 on CPU
+                     (TRL's torch fallback; fitted to the DPO cases below); PPO: its chunks,
+                     4 x logits_chunk_tokens x V x 4 B
     rollout          PPO's HF rollouts on CPU: the KV cache and logits of rollout_hf_batch_size x
                      samples_per_prompt sequences (taken when no activations exist, so the larger of the two counts)
     vLLM             an engine sharing the GPU: gpu_memory_utilization x the GPU (GRPO use_vllm, PPO's vllm
@@ -33,7 +35,18 @@ parallel); HF generate on a GPU holds the weights, the KV cache of a batch and i
 host memory is `resources.engine_memory_gb`. One estimator: `resources.train_memory_gb` (Ray's `memory`
 reservation) is this plan's CPU total.
 
-Calibration (benchmarks/memory_plan.py; CPU only, nothing here has run on a GPU): see CALIBRATION below.
+Calibration, CPU only (nothing here has run on a GPU): `benchmarks/memory_plan.py`, SmolLM2-135M in float32,
+max_length 384, micro-batch 4 (DPO 2 pairs; GRPO 4 completions of 128 forced tokens), two optimizer steps, each
+case in a process of its own, peak resident set; commit bf4d6b5 + uncommitted changes, 2026-12-04, 2-core CPU
+shared with other jobs (load 6-40; ~2-18 min a case). Estimate / measured (GiB):
+
+    dft 5.64 / 5.25 (1.07), dft-ckpt 3.80 / 3.52 (1.08), dpo 6.70 / 6.70 (1.00), dpo-ckpt 4.86 / 4.82 (1.01),
+    grpo 6.70 / 6.85 (0.98); baseline process (imports, tokenizer) 0.50
+
+One run each, so no interval; the DPO pair fitted TILES_CPU (9), GRPO then checked it out of sample. A 2-layer
+model of SmolLM2's shape (`benchmarks/gpu_check.py --allow-cpu --layers 2`) is over-estimated up to 1.6x, the
+16 B a vocabulary-token for full logits being about twice what it holds there: the plan errs high on small
+models. CALIBRATION below names what has been measured.
 """
 
 from __future__ import annotations
@@ -46,11 +59,12 @@ from pathlib import Path
 GIB = 2**30
 FSDP = {"sft", "rft", "dft", "pk", "profit", "iwsft", "psft", "anneal", "ppo"}  # sharded states; dpo/grpo: DDP
 TILE_TOKENS, TILE_VOCAB = 4096, 32768  # TRL 1.16 kernels/chunked_logprob.py: TOKEN_CHUNK_SIZE, the vocab chunk
+TILES_GPU, TILES_CPU = 3, 9  # tile-sized buffers alive at once: GPU (Triton, assumed); CPU (torch ops, fitted to DPO)
 CPU_RUNTIME_GB = 0.5  # resident before any model: python, torch, transformers, TRL, a tokenizer (measured 0.50)
 GPU_RUNTIME_GB = 1.5  # CUDA context, NCCL buffers and allocator slack: an assumption until a GPU measures it
 VLLM_CPU_RUNTIME_GB = 1.0  # an in-process vLLM engine beyond its weights and KV cache (resources.VLLM_PROCESS_GB
 #                            counts a whole process; here python and torch are the trainer's already)
-CALIBRATION = "not yet measured"
+CALIBRATION = "CPU, SmolLM2-135M float32: dft, dft-ckpt, dpo, dpo-ckpt, grpo within 0.98-1.08 (module docstring)"
 
 # Shapes of hub models the recipes name, for planning on a machine that has not downloaded them
 # (each model's config.json on the Hugging Face hub).
@@ -193,7 +207,7 @@ def train_plan(entry, index: int, shape: dict, on_gpu: bool, gpu_gb: float | Non
         parts["logits"] = 4 * cfg.logits_chunk_tokens * V * 4
         fixes["logits"] = "lower logits_chunk_tokens"
     elif algo in ("dpo", "grpo") or (on_gpu and not frozen and getattr(cfg, "fused_lm_head", None) is not False):
-        parts["tiled head"] = 3 * min(tokens, TILE_TOKENS) * min(V, TILE_VOCAB) * b
+        parts["tiled head"] = (TILES_GPU if on_gpu else TILES_CPU) * min(tokens, TILE_TOKENS) * min(V, TILE_VOCAB) * b
     else:
         per_token = 16 + (16 if getattr(cfg, "kl_weight", 0) > 0 else 0) + (8 if frozen else 0)
         parts["logits"] = tokens * V * per_token
