@@ -197,7 +197,7 @@ def plot_budget(table: pl.DataFrame, benchmark: str, path: Path) -> None:
         for ax, x in zip(axes, ("samples", "flops")):
             ax.plot(rows[x].to_list(), rows[benchmark].to_list(), marker="o", markersize=3, label=method)
     axes[0].set_xlabel("completions sampled (cumulative)")
-    axes[1].set_xlabel("estimated FLOPs (cumulative; 2N/forward, 6N/trained, 2N/generated token)")
+    axes[1].set_xlabel("estimated FLOPs, cumulative (workbench/budget.py)")
     axes[0].set_ylabel(f"Average@k on {benchmark} (%)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Performance against budget")

@@ -71,7 +71,7 @@ def test_benchmarks_are_registered_pinned_and_answers_right():
         assert get_benchmark(name).verifier == "math"
     for row in smol_benchmark_rows("smol-big")[:20] + smol_benchmark_rows("smol-chain")[:20]:
         expr = row["problem"].removeprefix("What is ").rstrip("?")
-        assert str(eval(expr)) == row["answer"]  # noqa: S307 - our own generated arithmetic
+        assert str(sum(int(x) for x in expr.split(" + "))) == row["answer"]
     assert smol_benchmark_rows("smol-words", 5) == smol_benchmark_rows("smol-words")[:5]
     with pytest.raises(ValueError, match="unknown smol benchmark"):
         smol_benchmark_rows("smol-nope")

@@ -43,10 +43,11 @@ shared with other jobs (load 6-40; ~2-18 min a case). Estimate / measured (GiB):
     dft 5.64 / 5.25 (1.07), dft-ckpt 3.80 / 3.52 (1.08), dpo 6.70 / 6.70 (1.00), dpo-ckpt 4.86 / 4.82 (1.01),
     grpo 6.70 / 6.85 (0.98); baseline process (imports, tokenizer) 0.50
 
-One run each, so no interval; the DPO pair fitted TILES_CPU (9), GRPO then checked it out of sample. A 2-layer
-model of SmolLM2's shape (`benchmarks/gpu_check.py --allow-cpu --layers 2`) is over-estimated up to 1.6x, the
-16 B a vocabulary-token for full logits being about twice what it holds there: the plan errs high on small
-models. CALIBRATION below names what has been measured.
+One run each, so no interval; the DPO pair fitted TILES_CPU (9), GRPO then checked it out of sample. On a
+2-layer model of SmolLM2's shape (`benchmarks/gpu_check.py --allow-cpu --layers 2`, one step, so without
+AdamW's moments) the plan read 1.36 (dft), 1.41 (dft-ckpt), 1.12 (dpo-ckpt), 1.04 (ppo-ckpt) of the measured
+peak: full logits at 16 B a vocabulary-token are about twice what they hold there, so the plan errs high where
+logits dominate. CALIBRATION below names what has been measured.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ class Plan:
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v / GIB:.1f}" + (f" ({self.notes[k]})" if k in self.notes else "")
-                          for k, v in self.parts.items() if v >= 0.05 * GIB)
-        return f"{self.where}: ~{self.total / GIB:.1f} GiB {self.unit}: {parts}"
+                          for k, v in self.parts.items() if v >= 0.05 * GIB or k in self.notes)
+        unknown = "GPU size unknown" in " ".join(self.notes.values())
+        return f"{self.where}: ~{self.total / GIB:.1f} GiB {self.unit}{' + the vLLM share' if unknown else ''}: {parts}"
 
     def refusal(self, capacity_gb: float) -> str:
         big = self.largest()
@@ -264,7 +266,8 @@ def engine_plan(where: str, cfg, shape: dict, engine: str, n: int, folder: str |
     if engine == "vllm":
         tp = cfg.tensor_parallel_size
         parts = {"vLLM": cfg.gpu_memory_utilization * (gpu_gb or 0) * GIB}
-        notes = {"vLLM": f"{cfg.gpu_memory_utilization:g} of the GPU, weights {weights / tp / GIB:.1f} inside"}
+        notes = {"vLLM": f"{cfg.gpu_memory_utilization:g} of the GPU" + ("" if gpu_gb else ", GPU size unknown")
+                 + f", weights {weights / tp / GIB:.1f} inside"}
         return Plan(where, True, parts, notes, {"vLLM": "lower gpu_memory_utilization"})
     seqs = cfg.hf_batch_size * n
     kv = 2 * shape["layers"] * shape["kv_dim"] * _DTYPE_BYTES.get(cfg.dtype, 2) * seqs * (cfg.max_tokens + 256)
