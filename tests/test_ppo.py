@@ -8,7 +8,14 @@ import torch
 
 from workbench.trainers import ppo
 from workbench.trainers.ppo import PPOConfig, PPOTrainerPlugin
-from workbench.trainers.ppo_core import compute_gae, kl_estimate, policy_loss, response_logprobs, value_loss, whiten
+from workbench.trainers.ppo_core import (
+    compute_gae,
+    kl_estimate,
+    policy_loss,
+    response_logprobs,
+    value_loss,
+    whiten,
+)
 
 
 def test_gae_hand_computed():

@@ -53,6 +53,19 @@ def test_a_damaged_output_is_named_and_not_cached(tmp_path, damage):
     assert rd.check_all() == {"build": [why]}
 
 
+def test_an_engine_log_appended_after_the_stage_keeps_it_cached(tmp_path):
+    """vLLM's worker processes may append a shutdown line to engine.log after the manifest is written."""
+    rd = RunDir(tmp_path)
+    manifest = commit(rd, "generate", {"samples.parquet": b"s" * 20, "engine.log": b"start\n"})
+    assert set(manifest["outputs"]) == {"samples.parquet"}
+    with open(tmp_path / "generate" / "engine.log", "ab") as f:
+        f.write(b"Parent process exited, terminating worker queues\n")
+    assert rd.why_not_done("generate", "h1") is None
+    old = {"engine.log": {"size": 6, "checksum": "xxh3_128:0"}}  # a manifest from before the change
+    from workbench.rundir import output_problems
+    assert output_problems(tmp_path / "generate", old) == []
+
+
 def test_sha256_checksums_of_older_manifests_are_verified(tmp_path):
     rd = RunDir(tmp_path)
     manifest = commit(rd, "prompts", {"prompts.parquet": b"x" * 64})

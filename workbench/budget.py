@@ -58,8 +58,12 @@ def flops(parameters: int, generated: int, trained: int, forwarded: int) -> floa
 
 
 def count_parameters(model_dir: str | Path) -> int:
-    """Parameters of a Hugging Face model folder, from its safetensors headers (no weights loaded)."""
+    """Parameters of a Hugging Face model folder, from its safetensors headers (no weights loaded); for other
+    weight files, the estimate of `workbench.resources.model_shape` (weight bytes / dtype size); 0 when the folder
+    has no weights to count (the ledger then records FLOPs as 0, unknown, rather than failing a finished stage)."""
     import struct
+
+    from workbench.resources import model_shape
 
     total = 0
     for path in sorted(Path(model_dir).glob("*.safetensors")):
@@ -68,9 +72,7 @@ def count_parameters(model_dir: str | Path) -> int:
         for name, info in header.items():
             if name != "__metadata__":
                 total += math.prod(info["shape"])
-    if total == 0:
-        raise ValueError(f"budget: no safetensors weights in {model_dir} to count parameters from")
-    return total
+    return total or model_shape(str(model_dir))["params"]
 
 
 def samples_per_step(cfg) -> int:

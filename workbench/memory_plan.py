@@ -41,7 +41,8 @@ case in a process of its own, peak resident set; commit bf4d6b5 + uncommitted ch
 shared with other jobs (load 6-40; ~2-18 min a case). Estimate / measured (GiB):
 
     dft 5.64 / 5.25 (1.07), dft-ckpt 3.80 / 3.52 (1.08), dpo 6.70 / 6.70 (1.00), dpo-ckpt 4.86 / 4.82 (1.01),
-    grpo 6.70 / 6.85 (0.98); baseline process (imports, tokenizer) 0.50
+    grpo 6.70 / 6.85 (0.98), ppo-ckpt (HF rollouts) 4.36 / 4.16 (1.05); baseline process (imports, tokenizer)
+    0.50. Not measured (out of time): grpo-ckpt, ppo without checkpointing, PPO with vLLM rollouts
 
 One run each, so no interval; the DPO pair fitted TILES_CPU (9), GRPO then checked it out of sample. On a
 2-layer model of SmolLM2's shape (`benchmarks/gpu_check.py --allow-cpu --layers 2`, one step, so without
@@ -65,7 +66,7 @@ CPU_RUNTIME_GB = 0.5  # resident before any model: python, torch, transformers, 
 GPU_RUNTIME_GB = 1.5  # CUDA context, NCCL buffers and allocator slack: an assumption until a GPU measures it
 VLLM_CPU_RUNTIME_GB = 1.0  # an in-process vLLM engine beyond its weights and KV cache (resources.VLLM_PROCESS_GB
 #                            counts a whole process; here python and torch are the trainer's already)
-CALIBRATION = "CPU, SmolLM2-135M float32: dft, dft-ckpt, dpo, dpo-ckpt, grpo within 0.98-1.08 (module docstring)"
+CALIBRATION = "CPU, SmolLM2-135M float32: dft, dft-ckpt, dpo, dpo-ckpt, grpo, ppo-ckpt: 0.98-1.08 (docstring)"
 
 # Shapes of hub models the recipes name, for planning on a machine that has not downloaded them
 # (each model's config.json on the Hugging Face hub).

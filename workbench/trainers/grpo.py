@@ -287,4 +287,4 @@ def rollout_counts(state, cfg: GRPOConfig) -> dict:
         if "completions/mean_length" in row:
             tokens += row["completions/mean_length"] * per_step * (row.get("step", last) - last)
             last = row.get("step", last)
-    return {"samples_generated": int(round(state.global_step * per_step)), "generated_tokens": int(round(tokens))}
+    return {"samples_generated": round(state.global_step * per_step), "generated_tokens": round(tokens)}
