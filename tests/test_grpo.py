@@ -166,6 +166,8 @@ def test_max_length_leaves_out_long_prompts():
     tok = build_byte_tokenizer()  # one token per byte
     kept, answers, dropped = fit_prompts(tok, ["abc", "abcdefgh", "ab"], ["1", "2", "3"], 4)
     assert (kept, answers, dropped) == (["abc", "ab"], ["1", "3"], 1)
+    with pytest.raises(ValueError, match="grpo: every prompt is longer than max_length - max_completion_length = 1"):
+        fit_prompts(tok, ["abc"], ["1"], 1, "grpo")
     with pytest.raises(ValueError, match="max_length"):
         GRPOConfig(max_length=1024, max_completion_length=1024)
 

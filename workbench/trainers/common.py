@@ -67,11 +67,15 @@ def require_columns(data: pl.DataFrame, columns: list[str], what: str) -> None:
             raise ValueError(f"{what}: column {c} is null in row {row}")
 
 
-def fit_prompts(tokenizer, prompts: list[str], answers: list[str], max_prompt_tokens: int):
-    """(prompts, answers) whose rendered prompt has at most `max_prompt_tokens` tokens, and how many were
-    left out (verl's filter_overlong_prompts)."""
+def fit_prompts(tokenizer, prompts: list[str], answers: list[str], max_prompt_tokens: int, who: str = "trainer"):
+    """(prompts, answers) whose rendered prompt has at most `max_prompt_tokens` tokens (max_length -
+    max_completion_length), and how many were left out (verl's filter_overlong_prompts); refuses, naming `who`,
+    when none is left."""
     keep = [i for i, p in enumerate(prompts)
             if len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= max_prompt_tokens]
+    if prompts and not keep:
+        raise ValueError(f"{who}: every prompt is longer than max_length - max_completion_length = "
+                         f"{max_prompt_tokens} tokens")
     return [prompts[i] for i in keep], [answers[i] for i in keep], len(prompts) - len(keep)
 
 

@@ -249,10 +249,7 @@ class GRPOTrainerPlugin(Trainer):
         model.generation_config.eos_token_id = stop_ids
         prompts = [render_prompt(tokenizer, p, job.template) for p in job.data["problem"].to_list()]
         prompts, answers, too_long = fit_prompts(tokenizer, prompts, job.data["answer"].to_list(),
-                                                 cfg.max_length - cfg.max_completion_length)
-        if not prompts:
-            raise ValueError(f"grpo: every prompt is longer than max_length - max_completion_length = "
-                             f"{cfg.max_length - cfg.max_completion_length} tokens")
+                                                 cfg.max_length - cfg.max_completion_length, "grpo")
         dataset = Dataset.from_dict({"prompt": prompts, "answer": answers})
 
         args = trl_args(job, cfg, stop_ids)

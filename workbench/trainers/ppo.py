@@ -217,10 +217,7 @@ class PPOTrainerPlugin(Trainer):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         prompts = [render_prompt(tokenizer, p, job.template) for p in job.data["problem"].to_list()]
         prompts, answers, too_long = fit_prompts(tokenizer, prompts, job.data["answer"].to_list(),
-                                                 cfg.max_length - cfg.max_completion_length)
-        if not prompts:
-            raise ValueError(f"ppo: every prompt is longer than max_length - max_completion_length = "
-                             f"{cfg.max_length - cfg.max_completion_length} tokens")
+                                                 cfg.max_length - cfg.max_completion_length, "ppo")
         n_prompts, minibatch = plan(cfg, len(prompts), world)
         share, local_minibatch = n_prompts // world, minibatch // world
         actor, critic, ref = build_models(job.base_model, with_ref=cfg.kl_coef > 0, device=device, world=world,
