@@ -157,17 +157,20 @@ def test_seeds_plan_data_once_and_train_eval_per_seed(tmp_path):
     data = {"run": {"name": "t", "out_dir": str(tmp_path)}, "model": "toy:arith", **train}  # planning only
     stages = {s.name: s for s in plan(parse_recipe(copy.deepcopy(data), "t.yaml", with_seeds([], "0,1,2")))}
     data_stages = ["prompts", "generate", "verify", "build"]
-    per_seed = [f"{kind}/{m}@s{s}" for kind, ms in [("train", ["dft", "rft"]), ("eval", ["base", "dft", "rft"])]
+    at = {0: "", 1: "@s1", 2: "@s2"}  # run.seed (0) keeps the plain names
+    per_seed = [f"{kind}/{m}{at[s]}" for kind, ms in [("train", ["dft", "rft"]), ("eval", ["base", "dft", "rft"])]
                 for m in ms for s in (0, 1, 2)]
     assert sorted(stages) == sorted([*data_stages, *per_seed, "report"])
     assert stages["eval/dft@s2"].deps == ["train/dft@s2"] and stages["train/dft@s2"].deps == ["build"]
-    assert [stages[f"train/dft@s{s}"].config["seed"] for s in (0, 1, 2)] == [0, 1, 2]
-    assert len({stages[f"eval/base@s{s}"].input_hash for s in (0, 1, 2)}) == 3
+    assert [stages[f"train/dft{at[s]}"].config["seed"] for s in (0, 1, 2)] == [0, 1, 2]
+    assert len({stages[f"eval/base{at[s]}"].input_hash for s in (0, 1, 2)}) == 3
     assert set(per_seed) <= set(stages["report"].deps)
-    # one seed keeps a single run's stage names and hashes, so existing runs stay cached
+    # one seed keeps a single run's stage names and hashes, so existing runs stay cached, and adding seeds
+    # to a finished one-seed run reuses every stage of its seed (report aside: it now covers three seeds)
     one = {s.name: s.input_hash for s in plan(parse_recipe(copy.deepcopy(data), "t.yaml"))}
     assert one == {s.name: s.input_hash for s in plan(parse_recipe(data, "t.yaml", ["run.seeds=[0]"]))}
     assert "train/dft" in one and "eval/base" in one and not any("@s" in name for name in one)
+    assert {n: h for n, h in one.items() if n != "report"} == {n: stages[n].input_hash for n in one if n != "report"}
     assert one["build"] == stages["build"].input_hash  # the data is the same whatever the seeds
 
 

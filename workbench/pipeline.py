@@ -3,7 +3,8 @@
     prompts -> generate -> verify -> build -> train/<entry> ... -> eval/base, eval/<entry> ... -> report
 
 With `run.seeds: [0, 1, 2]` the data stages run once and every train and eval stage once per seed
-(`train/dft@s1`, `eval/base@s1`; one seed keeps the plain names). A train entry with a `sweep:` adds
+(`train/dft@s1`, `eval/base@s1`; `run.seed`'s own stages keep the plain names `train/dft`, `eval/base`, so
+adding seeds to a finished one-seed run reuses its stages: same config, same hash, same folder). A train entry with a `sweep:` adds
 `validation`, `trial/<entry>/<j>` and `tune/<entry>` before its training (workbench/sweep.py).
 
 Stage functions live with the code they run (data_gen/stages.py, workbench/train_stage.py,
@@ -122,8 +123,8 @@ def plan(recipe: Recipe) -> list[Stage]:
         ]
     else:  # e.g. Table 1: only demonstrations and RL prompts, no sampling from the base model
         stages.append(Stage("build", "build", ["prompts"], {"build": dump["build"], "seed": seed}))
-    seeds = recipe.run.seed_list  # one seed keeps the stage names of a single run: train/dft, eval/dft
-    at = {s: f"@s{s}" if len(seeds) > 1 else "" for s in seeds}
+    seeds = recipe.run.seed_list  # run.seed keeps a one-seed run's names (train/dft), the others get @s<seed>
+    at = {s: "" if s == seed else f"@s{s}" for s in seeds}
     train_cfgs = [{"model": model, "template": dump["template"],
                    "entry": {k: v for k, v in dump["train"][i].items()  # where/how it runs: not hashed
                              if not (k == "sweep" and v is None) and k not in LAUNCH_FIELDS},
