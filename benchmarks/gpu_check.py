@@ -151,18 +151,7 @@ def run_memory(common: list[str], deadline: float, args, log_dir: Path, model_di
     from workbench.memory_plan import GIB
 
     out = {}
-    for case in MEMORY_CASES:
-        left = deadline - time.monotonic()
-        if left < 10:
-            print(f"{MEMORY} {case}: skipped: time budget spent", flush=True)
-            continue
-        stdout, err, rc, timed_out = run_child([sys.executable, __file__, "--memory-case", case, *common],
-                                               min(args.path_timeout_s, left), log_dir / f"memory-{case}.log")
-        try:
-            got = json.loads(stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            print(f"{MEMORY} {case}: {parse_results(stdout, err, rc, ['x'], timed_out)['x']}", flush=True)
-            continue
+    for case, got in json_children(MEMORY, "--memory-case", MEMORY_CASES, common, deadline, args, log_dir):
         plan = bench.estimate(case, str(model_dir), on_gpu=got["on_gpu"], bf16=got["on_gpu"])
         est = (plan.total - (plan.parts["runtime"] if got["on_gpu"] else 0)) / GIB
         out[case] = {"measured_gib": round(got["peak_gib"], 3), "estimate_gib": round(est, 3),
@@ -213,6 +202,22 @@ def run_child(cmd: list[str], timeout_s: float, log: Path) -> tuple[str, str, in
     return stdout, stderr, proc.returncode, timed_out
 
 
+def json_children(label: str, flag: str, names, common: list[str], deadline: float, args, log_dir: Path):
+    """Yields (name, the JSON on its last line) for `gpu_check.py <flag> <name>` run in its own process, one
+    after another; a name that fails, or that the time budget leaves out, gets a line `<label> <name>: why`."""
+    for name in names:
+        left = deadline - time.monotonic()
+        if left < 10:
+            print(f"{label} {name}: skipped: time budget spent", flush=True)
+            continue
+        out, err, rc, timed_out = run_child([sys.executable, __file__, flag, name, *common],
+                                            min(args.path_timeout_s, left), log_dir / f"{flag[2:]}-{name}.log")
+        try:
+            yield name, json.loads(out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            print(f"{label} {name}: {parse_results(out, err, rc, ['x'], timed_out)['x']}", flush=True)
+
+
 def ratio(results: dict, key: str, a: str, b: str) -> float | None:
     if a in results and b in results and results[b][key]:
         return round(results[a][key] / results[b][key], 4)
@@ -256,19 +261,7 @@ def run_paths(wanted, common: list[str], deadline: float, args, log_dir: Path) -
 
 def run_figures(common: list[str], deadline: float, args, log_dir: Path) -> dict:
     """Each of dft_overhead.py's variants in its own process (its own peak memory); {variant: its JSON}."""
-    results = {}
-    for variant in VARIANTS:
-        left = deadline - time.monotonic()
-        if left < 10:
-            print(f"figures {variant}: skipped: time budget spent", flush=True)
-            continue
-        out, err, rc, timed_out = run_child([sys.executable, __file__, "--measure", variant, *common],
-                                            min(args.path_timeout_s, left), log_dir / f"figure-{variant}.log")
-        try:
-            results[variant] = json.loads(out.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            print(f"figures {variant}: {parse_results(out, err, rc, ['x'], timed_out)['x']}", flush=True)
-    return results
+    return dict(json_children("figures", "--measure", VARIANTS, common, deadline, args, log_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

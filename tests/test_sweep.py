@@ -248,3 +248,4 @@ def test_tune_stage_flags_a_choice_still_at_the_edge_after_the_cap(tmp_path, mon
     assert summary[0]["at_edge"] == "high" and summary[0]["trials"] == 4 and summary[0]["extensions"] == 1
     table = tuning_table(r, {"tune/dft": tmp_path / "out"})
     assert table["chosen"].to_list() == [False, False, False, True]
+    assert table["at_edge"].to_list() == [None, None, None, "high"]  # the flag travels with tuning.csv

@@ -247,13 +247,14 @@ def tune_stage(ctx) -> dict:
 
 TUNING_SCHEMA = {"method": pl.Utf8, "trial": pl.Int64, "values": pl.Utf8, "extension": pl.Boolean,
                  "validation_avg_at_k": pl.Float64, "validation_se": pl.Float64, "chosen": pl.Boolean,
-                 "samples": pl.Int64, "flops": pl.Float64, "wall_s": pl.Float64}
+                 "at_edge": pl.Utf8, "samples": pl.Int64, "flops": pl.Float64, "wall_s": pl.Float64}
 
 
 def tuning_table(recipe, inputs: dict[str, Path]) -> pl.DataFrame:
     """Every trial of every swept entry (tuning.csv): its values, validation Average@k and standard error
-    (percent), whether it was a range extension, whether it was chosen, and its ledger's samples, FLOPs and wall
-    time. Entries without a sweep have no rows."""
+    (percent), whether it was a range extension, whether it was chosen (the chosen row's `at_edge` names the edge,
+    low or high, it is still at after the extensions; empty inside the range), and its ledger's samples, FLOPs
+    and wall time. Entries without a sweep have no rows."""
     rows = []
     for entry in recipe.train:
         folder = inputs.get(f"tune/{entry.name}")
@@ -266,6 +267,7 @@ def tuning_table(recipe, inputs: dict[str, Path]) -> pl.DataFrame:
                          "extension": bool(r.get("extension", False)),
                          "validation_avg_at_k": round(100 * r["validation_avg_at_k"], 2),
                          "validation_se": round(100 * r["validation_se"], 2), "chosen": r["trial"] == choice["trial"],
+                         "at_edge": choice.get("at_edge") if r["trial"] == choice["trial"] else None,
                          "samples": r.get("samples"), "flops": r.get("flops"), "wall_s": r.get("wall_s")})
     return pl.DataFrame(rows, schema=TUNING_SCHEMA)
 

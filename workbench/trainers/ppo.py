@@ -73,7 +73,14 @@ from workbench.trainers.ppo_core import (
     value_loss,
     whiten,
 )
-from workbench.trainers.ppo_models import adamw, batch_tensors, build_models, mmap_threshold
+from workbench.trainers.ppo_models import (
+    adamw,
+    batch_tensors,
+    build_models,
+    launch_problem,
+    mmap_threshold,
+    plan,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Config and models
@@ -151,36 +158,6 @@ def _score(job: TrainJob, cfg: PPOConfig, texts: list[str], answers: list[str]) 
     from data_gen.verifiers import reward
 
     return reward(texts, answers, cfg.reward_timeout_s, job.verifier, job.verifier_options)
-
-
-def plan(cfg: PPOConfig, n_available: int, world: int) -> tuple[int, int]:
-    """(prompts per rollout batch, sequences per minibatch), both divisible by the worker count: each worker
-    rolls out and trains on an equal share, so every worker runs the same number of sharded forward passes."""
-    n_prompts = min(cfg.rollout_batch_size, n_available)
-    n_prompts -= n_prompts % world
-    if n_prompts == 0:
-        raise ValueError(f"ppo: rollout_batch_size: {min(cfg.rollout_batch_size, n_available)} prompts cannot be "
-                         f"shared by num_workers={world}")
-    minibatch = min(cfg.batch_size, n_prompts * cfg.samples_per_prompt)
-    if minibatch % world:
-        raise ValueError(f"ppo: batch_size: {minibatch} sequences per minibatch are not divisible by "
-                         f"num_workers={world}")
-    return n_prompts, minibatch
-
-
-def launch_problem(cfg: PPOConfig, world: int, save_steps: int) -> tuple[str, str] | None:
-    """(field, one-line reason) when `cfg` cannot be shared by `world` workers (launch.check_entry: refused when
-    the recipe loads; `plan` checks again against the prompts there are)."""
-    minibatch = min(cfg.batch_size, cfg.rollout_batch_size * cfg.samples_per_prompt)
-    if cfg.rollout_batch_size % world:
-        return "num_workers", f"ppo: rollout_batch_size={cfg.rollout_batch_size} is not divisible by num_workers={world}"
-    if minibatch % world:
-        return "num_workers", f"ppo: batch_size={minibatch} sequences is not divisible by num_workers={world}"
-    share = minibatch // world
-    if share % min(cfg.per_device_batch_size, share):
-        return "batch_size", (f"ppo: batch_size={minibatch} is not a multiple of per_device_batch_size x "
-                              f"num_workers = {cfg.per_device_batch_size} x {world}")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The three models PPO holds (actor, critic, reference), how they are built and sharded, and the padded batch
-they read. `workbench/trainers/ppo.py` is the loop that uses them.
+"""The three models PPO holds (actor, critic, reference), how they are built and sharded, how a rollout batch is
+shared by N workers (`plan`, `launch_problem`), and the padded batch they read. `workbench/trainers/ppo.py` is
+the loop that uses them.
 
 - actor: the policy, float32 master weights, initialised from the base model; it is what gets saved;
 - critic: the base model's transformer with a scalar value head (one value per token), float32;
@@ -14,9 +15,14 @@ layer, then the root), so weights, gradients and AdamW states are split across t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from workbench.trainers.launch import shard
+
+if TYPE_CHECKING:
+    from workbench.trainers.ppo import PPOConfig
 
 
 class Critic(torch.nn.Module):
@@ -109,3 +115,33 @@ def adamw(params, lr: float, cfg):
     """AdamW with the fused kernel (no full-size temporaries, unlike the foreach default)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              fused=True)
+
+
+def plan(cfg: PPOConfig, n_available: int, world: int) -> tuple[int, int]:
+    """(prompts per rollout batch, sequences per minibatch), both divisible by the worker count: each worker
+    rolls out and trains on an equal share, so every worker runs the same number of sharded forward passes."""
+    n_prompts = min(cfg.rollout_batch_size, n_available)
+    n_prompts -= n_prompts % world
+    if n_prompts == 0:
+        raise ValueError(f"ppo: rollout_batch_size: {min(cfg.rollout_batch_size, n_available)} prompts cannot be "
+                         f"shared by num_workers={world}")
+    minibatch = min(cfg.batch_size, n_prompts * cfg.samples_per_prompt)
+    if minibatch % world:
+        raise ValueError(f"ppo: batch_size: {minibatch} sequences per minibatch are not divisible by "
+                         f"num_workers={world}")
+    return n_prompts, minibatch
+
+
+def launch_problem(cfg: PPOConfig, world: int, save_steps: int) -> tuple[str, str] | None:
+    """(field, one-line reason) when `cfg` cannot be shared by `world` workers (launch.check_entry: refused when
+    the recipe loads; `plan` checks again against the prompts there are)."""
+    minibatch = min(cfg.batch_size, cfg.rollout_batch_size * cfg.samples_per_prompt)
+    if cfg.rollout_batch_size % world:
+        return "num_workers", f"ppo: rollout_batch_size={cfg.rollout_batch_size} is not divisible by num_workers={world}"
+    if minibatch % world:
+        return "num_workers", f"ppo: batch_size={minibatch} sequences is not divisible by num_workers={world}"
+    share = minibatch // world
+    if share % min(cfg.per_device_batch_size, share):
+        return "batch_size", (f"ppo: batch_size={minibatch} is not a multiple of per_device_batch_size x "
+                              f"num_workers = {cfg.per_device_batch_size} x {world}")
+    return None
